@@ -1,0 +1,48 @@
+"""The exceptions feedbackbot raises, in one tree.
+
+    FeedbackbotError
+    ├── SettingsError          a setting has the wrong type or value
+    ├── ServiceError           the local service (Ray, Nginx, mail sink) failed to start or stop
+    ├── StoreError             DuckDB failed to open, write or read the feedback database
+    │   └── StoreUnavailable   the writer cannot commit right now; the client may retry
+    └── EnrichmentError        the sentiment model failed on a batch
+
+Every message states what was attempted, the offending value and the next step to try.
+`feedbackbot.sentiment.SentimentModelError` stays in its own module because the training
+script imports that module without the service.
+"""
+
+from __future__ import annotations
+
+
+class FeedbackbotError(Exception):
+    """Base class of every error that feedbackbot raises on purpose."""
+
+
+class SettingsError(FeedbackbotError):
+    """A setting is missing, has the wrong type or is out of range."""
+
+    def __init__(self, key: str, expected: str, value: object, problem: str) -> None:
+        self.key = key
+        self.expected = expected
+        self.value = value
+        super().__init__(
+            f"Invalid setting {key}={value!r}: expected {expected}, but {problem}. "
+            "Fix it in serve_config.yaml or in the FEEDBACKBOT_ environment variable that overrides it."
+        )
+
+
+class ServiceError(FeedbackbotError):
+    """A local process of the service (Ray, Nginx, the mail sink) failed to start or stop."""
+
+
+class StoreError(FeedbackbotError):
+    """DuckDB failed to open, write or read the feedback database."""
+
+
+class StoreUnavailable(StoreError):
+    """The single writer cannot commit right now, so the client should retry later."""
+
+
+class EnrichmentError(FeedbackbotError):
+    """The sentiment model failed to score a batch of texts."""

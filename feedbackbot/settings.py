@@ -1,0 +1,155 @@
+"""Settings of the feedback graph, validated once when the application is built.
+
+`AppSettings` holds the arguments of the application builder `graph:build_app`, set under
+`applications[].args` in serve_config.yaml. Environment variables named `FEEDBACKBOT_` plus
+the upper-case key override them, so secrets such as SMTP passwords stay out of the file.
+`BatchSettings` and `EnrichmentSettings` are each deployment's `user_config`, which Serve
+applies to running replicas without a restart.
+
+Nothing here runs at import time, because Ray imports this module again in every replica.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from feedbackbot.errors import SettingsError
+
+ENV_PREFIX = "FEEDBACKBOT_"
+HOME_ENV = "FEEDBACKBOT_HOME"
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+class AppSettings(BaseModel):
+    """Arguments of `graph:build_app`: where data lives, which model runs, where mail goes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    db_path: str = Field(
+        default="data/feedback.duckdb",
+        description="DuckDB file that the persistence deployment writes. A relative path is "
+        "resolved against $FEEDBACKBOT_HOME, else the replica's working directory.",
+    )
+    sentiment_model: str = Field(
+        default="builtin",
+        description="'builtin' for the MiniLM encoder with the committed head, or the path of a "
+        "local transformers sequence-classification model directory.",
+    )
+    torch_threads: int = Field(
+        default=1, ge=1, le=64, description="Threads that torch uses in each enrichment replica."
+    )
+    customer_notify_url: SecretStr | None = Field(
+        default=None,
+        description="Apprise URL for customer confirmations; the customer's address is added "
+        "as its `to` parameter. Unset sends no confirmations.",
+    )
+    admin_notify_urls: list[SecretStr] = Field(
+        default_factory=list,
+        description="Apprise URLs that receive alerts for low ratings or negative sentiment. "
+        "In the environment, separate several URLs with spaces.",
+    )
+    admin_alert_max_rating: int = Field(
+        default=2, ge=1, le=5, description="Ratings at or below this value alert the admins."
+    )
+    notify_timeout_s: float = Field(
+        default=10.0, gt=0, le=300, description="Time limit of one notification send, in seconds."
+    )
+    notify_queue_max: int = Field(
+        default=10_000,
+        ge=1,
+        description="Notifications waiting in one notification replica before new ones are dropped and logged.",
+    )
+
+    def resolved_db_path(self) -> Path:
+        """Return db_path as an absolute path."""
+        return resolve_path(self.db_path)
+
+
+class BatchSettings(BaseModel):
+    """A batched deployment's `user_config`: how many calls one batch takes and waits for."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_batch_size: int = Field(
+        default=16, ge=1, le=1024, description="Most calls that one batch handles."
+    )
+    batch_wait_timeout_s: float = Field(
+        default=0.01, ge=0, le=5, description="Longest wait for a batch to fill, in seconds."
+    )
+
+
+class EnrichmentSettings(BatchSettings):
+    """The enrichment deployment's `user_config`: batching plus the neutral band."""
+
+    neutral_low: float = Field(
+        default=0.35, ge=0, le=1, description="Scores below this are labelled negative."
+    )
+    neutral_high: float = Field(
+        default=0.65, ge=0, le=1, description="Scores above this are labelled positive."
+    )
+
+    @model_validator(mode="after")
+    def _check_band(self) -> "EnrichmentSettings":
+        if self.neutral_low > self.neutral_high:
+            raise ValueError(
+                f"neutral_low ({self.neutral_low}) must not exceed neutral_high ({self.neutral_high})"
+            )
+        return self
+
+
+def load_settings(
+    model: type[ModelT], values: Mapping[str, Any] | None, *, environ: Mapping[str, str] | None = None
+) -> ModelT:
+    """Validate `values` (plus `FEEDBACKBOT_*` overrides for AppSettings) into `model`.
+
+    Raises SettingsError naming the first bad key, the expected type and the value.
+    """
+    merged = dict(values or {})
+    if model is AppSettings:
+        merged.update(_environment_overrides(environ if environ is not None else os.environ))
+
+    try:
+        return model.model_validate(merged)
+    except ValidationError as error:
+        first = error.errors()[0]
+        key = ".".join(str(part) for part in first["loc"]) or model.__name__
+        field = model.model_fields.get(str(first["loc"][0])) if first["loc"] else None
+        if first["type"] == "extra_forbidden":
+            expected = "one of " + ", ".join(model.model_fields)
+        elif field is not None:
+            expected = _type_name(field.annotation)
+        else:
+            expected = "a consistent combination of values"
+        problem = first["msg"][0].lower() + first["msg"][1:]
+        raise SettingsError(key, expected, first.get("input"), problem) from error
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("pydantic.types.", "")
+
+
+def _environment_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for key, field in AppSettings.model_fields.items():
+        raw = environ.get(ENV_PREFIX + key.upper())
+        if raw is None:
+            continue
+        if field.annotation == list[SecretStr]:
+            overrides[key] = raw.split()
+        else:
+            overrides[key] = raw
+    return overrides
+
+
+def resolve_path(path: str) -> Path:
+    """Resolve a relative path against $FEEDBACKBOT_HOME, else the working directory."""
+    candidate = Path(path).expanduser()
+    if candidate.is_absolute():
+        return candidate
+    base = os.environ.get(HOME_ENV) or os.getcwd()
+    return Path(base) / candidate

@@ -1,0 +1,31 @@
+"""Pydantic contracts passed between the deployments of the feedback graph."""
+
+from models.feedback import (
+    AcceptedSubmission,
+    ErrorDetail,
+    ErrorResponse,
+    FeedbackCreated,
+    FeedbackRecord,
+    FeedbackSubmission,
+    FieldError,
+    Sentiment,
+    SentimentOut,
+    StoredFeedback,
+    ValidationResult,
+    validate_submission,
+)
+
+__all__ = [
+    "AcceptedSubmission",
+    "ErrorDetail",
+    "ErrorResponse",
+    "FeedbackCreated",
+    "FeedbackRecord",
+    "FeedbackSubmission",
+    "FieldError",
+    "Sentiment",
+    "SentimentOut",
+    "StoredFeedback",
+    "ValidationResult",
+    "validate_submission",
+]

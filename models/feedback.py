@@ -1,0 +1,257 @@
+"""Pydantic contracts that travel between the deployments of the feedback graph.
+
+The request flows ingest -> validation -> enrichment -> persistence -> notification:
+`validate_submission` turns a raw payload into a `FeedbackSubmission` or a list of
+`FieldError`s, enrichment adds a `Sentiment`, persistence stores a `FeedbackRecord`, and
+ingest answers with `FeedbackCreated` or an `ErrorResponse`.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from datetime import datetime
+from typing import Any, Literal
+from uuid import UUID
+
+import email_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+NAME_MAX_CHARS = 200
+TEXT_MIN_CHARS = 10
+TEXT_MAX_CHARS = 5000
+RATING_MIN = 1
+RATING_MAX = 5
+SUBMISSION_FIELDS = ("customer_name", "customer_email", "feedback_text", "rating")
+ALLOWED_CONTROL_CHARS = frozenset("\n\t")
+
+SentimentLabel = Literal["positive", "neutral", "negative"]
+
+
+class FeedbackSubmission(BaseModel):
+    """One customer's feedback after validation: trimmed, strictly typed, nothing extra."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, str_strip_whitespace=True, frozen=True)
+
+    customer_name: str = Field(
+        min_length=1, max_length=NAME_MAX_CHARS, description="Name as the customer typed it."
+    )
+    customer_email: str = Field(
+        description="Email address, syntax-checked without DNS lookups and normalised."
+    )
+    feedback_text: str = Field(
+        min_length=TEXT_MIN_CHARS,
+        max_length=TEXT_MAX_CHARS,
+        description="Free text. Newlines and tabs are kept; CRLF is stored as LF.",
+    )
+    rating: int = Field(ge=RATING_MIN, le=RATING_MAX, description="Whole-number rating, 1 to 5.")
+
+    @field_validator("customer_name")
+    @classmethod
+    def _reject_control_chars_in_name(cls, value: str) -> str:
+        _raise_on_control_chars(value, allowed=frozenset())
+        return value
+
+    @field_validator("customer_email")
+    @classmethod
+    def _check_email_syntax(cls, value: str) -> str:
+        try:
+            checked = email_validator.validate_email(value, check_deliverability=False)
+        except email_validator.EmailNotValidError as error:
+            raise ValueError(str(error)) from error
+        return checked.normalized
+
+    @field_validator("feedback_text", mode="before")
+    @classmethod
+    def _normalise_newlines(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return value.replace("\r\n", "\n")
+        return value
+
+    @field_validator("feedback_text")
+    @classmethod
+    def _reject_control_chars_in_text(cls, value: str) -> str:
+        _raise_on_control_chars(value, allowed=ALLOWED_CONTROL_CHARS)
+        return value
+
+
+def _raise_on_control_chars(value: str, *, allowed: frozenset[str]) -> None:
+    for position, char in enumerate(value):
+        if unicodedata.category(char) == "Cc" and char not in allowed:
+            raise ValueError(f"control character U+{ord(char):04X} at position {position}")
+
+
+class FieldError(BaseModel):
+    """One rejected field and what the client should change."""
+
+    field: str = Field(description="Field name, or 'body' when the body as a whole is wrong.")
+    message: str = Field(description="What is wrong and how to fix it, for a person to read.")
+
+
+class ValidationResult(BaseModel):
+    """Outcome of validation: a submission, or the errors that rejected it."""
+
+    submission: FeedbackSubmission | None = None
+    errors: list[FieldError] = Field(default_factory=list)
+
+
+class AcceptedSubmission(BaseModel):
+    """A valid submission with the id, time and request id that ingest gave it."""
+
+    id: UUID
+    received_at: datetime = Field(description="When ingest accepted the request, in UTC.")
+    request_id: str = Field(description="X-Request-ID from the gateway, or Serve's own id.")
+    submission: FeedbackSubmission
+
+
+class Sentiment(BaseModel):
+    """Sentiment of one feedback text."""
+
+    label: SentimentLabel = Field(description="Label from the score and the neutral band.")
+    score: float = Field(ge=0.0, le=1.0, description="Probability that the text is positive.")
+    model_version: str = Field(description="Model that produced the score.")
+
+
+class FeedbackRecord(BaseModel):
+    """A feedback row as stored in DuckDB and handed to notification."""
+
+    id: UUID
+    received_at: datetime = Field(description="When ingest accepted the request, in UTC.")
+    request_id: str = Field(description="X-Request-ID from the gateway, or Serve's own id.")
+    customer_name: str
+    customer_email: str
+    feedback_text: str
+    rating: int
+    sentiment_label: SentimentLabel
+    sentiment_score: float
+    model_version: str
+
+
+class SentimentOut(BaseModel):
+    label: SentimentLabel
+    score: float = Field(description="Probability that the text is positive, 0 to 1.")
+
+
+class FeedbackCreated(BaseModel):
+    """Body of a 201 answer: the stored feedback's id, time and sentiment."""
+
+    id: UUID
+    received_at: datetime
+    sentiment: SentimentOut
+
+
+class StoredFeedback(FeedbackCreated):
+    """Body of GET /v1/feedback/{id}: everything stored about one submission."""
+
+    request_id: str
+    customer_name: str
+    customer_email: str
+    feedback_text: str
+    rating: int
+    model_version: str
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable machine-readable code, such as validation_failed.")
+    message: str = Field(description="What failed and what to do next.")
+    request_id: str | None = Field(default=None, description="Quote this id in a support request.")
+    fields: list[FieldError] | None = Field(
+        default=None, description="Each rejected field; present only for validation_failed."
+    )
+
+
+class ErrorResponse(BaseModel):
+    """The single error shape of the gateway and the graph."""
+
+    error: ErrorDetail
+
+
+def validate_submission(payload: object, *, from_form: bool = False) -> ValidationResult:
+    """Validate a decoded request body and return the submission or every field error.
+
+    `from_form` marks an HTML form post, whose values all arrive as strings, so a rating
+    of "4" is accepted there; in JSON the rating must be a number.
+    """
+    if not isinstance(payload, dict):
+        fields = ", ".join(SUBMISSION_FIELDS)
+        message = f"The body must be a JSON object with the fields {fields}; got {_describe(payload)}."
+        return ValidationResult(errors=[FieldError(field="body", message=message)])
+
+    if from_form:
+        payload = _coerce_form_values(payload)
+
+    try:
+        submission = FeedbackSubmission.model_validate(payload)
+    except ValidationError as error:
+        return ValidationResult(errors=[_explain(item) for item in error.errors()])
+
+    return ValidationResult(submission=submission)
+
+
+def _coerce_form_values(payload: dict[str, Any]) -> dict[str, Any]:
+    coerced = dict(payload)
+    rating = coerced.get("rating")
+    if isinstance(rating, str) and rating.strip().isascii() and rating.strip().isdigit():
+        coerced["rating"] = int(rating.strip())
+    return coerced
+
+
+def _explain(item: dict[str, Any]) -> FieldError:
+    """Turn one pydantic error into a message a person can act on."""
+    location = item.get("loc") or ("body",)
+    field = str(location[0])
+    kind = item["type"]
+    value = item.get("input")
+
+    if kind == "missing":
+        return FieldError(field=field, message=f"{field} is required; add it to the request.")
+    if kind == "extra_forbidden":
+        allowed = ", ".join(SUBMISSION_FIELDS)
+        return FieldError(field=field, message=f"Unknown field {field}; send only {allowed}.")
+    if field == "rating":
+        return FieldError(field=field, message=_explain_rating(value))
+    if kind in {"string_type", "string_sub_type"}:
+        return FieldError(field=field, message=f"{field} must be a string; got {_describe(value)}.")
+    if field == "customer_name" and kind == "string_too_short":
+        return FieldError(field=field, message="customer_name is empty; enter a name of 1 to 200 characters.")
+    if field == "customer_name" and kind == "string_too_long":
+        return FieldError(field=field, message=f"customer_name has {len(value)} characters; shorten it to at most {NAME_MAX_CHARS}.")
+    if field == "feedback_text" and kind == "string_too_short":
+        return FieldError(field=field, message=f"feedback_text has {len(value.strip())} characters after trimming; write at least {TEXT_MIN_CHARS}.")
+    if field == "feedback_text" and kind == "string_too_long":
+        return FieldError(field=field, message=f"feedback_text has {len(value.strip())} characters; shorten it to at most {TEXT_MAX_CHARS}.")
+    if field == "customer_email":
+        reason = str(item.get("ctx", {}).get("error", item["msg"]))
+        return FieldError(field=field, message=f"customer_email is not a valid email address: {reason}")
+    if kind == "value_error" and "control character" in str(item.get("ctx", {}).get("error", "")):
+        reason = item["ctx"]["error"]
+        allowed = " other than newline and tab" if field == "feedback_text" else ""
+        return FieldError(field=field, message=f"{field} contains a {reason}; remove control characters{allowed}.")
+    return FieldError(field=field, message=f"{field} is invalid: {item['msg']}.")
+
+
+def _explain_rating(value: object) -> str:
+    expected = f"rating must be a whole number from {RATING_MIN} to {RATING_MAX}"
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return f"{expected}, sent as a JSON number; got {_describe(value)}."
+    if isinstance(value, float):
+        return f"{expected}; got the fraction {value}."
+    if isinstance(value, int):
+        return f"{expected}; got {value}."
+    return f"{expected}; got {_describe(value)}."
+
+
+def _describe(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "the boolean " + ("true" if value else "false")
+    if isinstance(value, str):
+        shown = value if len(value) <= 20 else value[:20] + "…"
+        return f"the string {shown!r}"
+    if isinstance(value, (int, float)):
+        return f"the number {value}"
+    if isinstance(value, list):
+        return "a JSON array"
+    if isinstance(value, dict):
+        return "a JSON object"
+    return f"a value of type {type(value).__name__}"

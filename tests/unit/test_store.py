@@ -1,0 +1,147 @@
+"""The feedback table in a real DuckDB file: schema, batched inserts, constraints."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from feedbackbot.errors import StoreError, StoreUnavailable
+from feedbackbot.store import SCHEMA_VERSION, FeedbackStore
+from models.feedback import FeedbackRecord
+
+
+def make_record(**changes: object) -> FeedbackRecord:
+    values: dict[str, object] = {
+        "id": uuid.uuid4(),
+        "received_at": datetime(2026, 12, 4, 12, 30, 15, 123456, tzinfo=timezone.utc),
+        "request_id": "req-" + uuid.uuid4().hex[:8],
+        "customer_name": "Zoë O'Brien",
+        "customer_email": "zoe@example.com",
+        "feedback_text": "Robert'); DROP TABLE feedback;-- was <b>great</b>",
+        "rating": 4,
+        "sentiment_label": "positive",
+        "sentiment_score": 0.91,
+        "model_version": "test-model",
+    }
+    values.update(changes)
+    return FeedbackRecord(**values)
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    opened = FeedbackStore.open(tmp_path / "nested" / "feedback.duckdb")
+    yield opened
+    opened.close()
+
+
+def test_insert_then_get_roundtrip(store: FeedbackStore) -> None:
+    record = make_record()
+
+    store.insert_many([record])
+
+    assert store.get(record.id) == record
+    assert store.count() == 1
+
+
+def test_get_unknown_id_returns_none(store: FeedbackStore) -> None:
+    assert store.get(uuid.uuid4()) is None
+
+
+def test_batch_inserted_in_one_transaction(store: FeedbackStore) -> None:
+    records = [make_record(rating=rating) for rating in (1, 2, 3, 4, 5)]
+
+    store.insert_many(records)
+
+    assert store.count() == 5
+    for record in records:
+        assert store.get(record.id) == record
+
+
+def test_failed_batch_leaves_no_row(store: FeedbackStore) -> None:
+    existing = make_record()
+    store.insert_many([existing])
+    fresh = make_record()
+
+    with pytest.raises(StoreUnavailable, match="Nothing of this batch was stored"):
+        store.insert_many([fresh, make_record(id=existing.id)])
+
+    assert store.get(fresh.id) is None
+    assert store.count() == 1
+
+
+def test_store_usable_after_failed_batch(store: FeedbackStore) -> None:
+    existing = make_record()
+    store.insert_many([existing])
+    with pytest.raises(StoreUnavailable):
+        store.insert_many([make_record(id=existing.id)])
+
+    later = make_record()
+    store.insert_many([later])
+
+    assert store.get(later.id) == later
+
+
+def test_check_constraint_rejects_bad_rating(store: FeedbackStore) -> None:
+    record = make_record().model_copy(update={"rating": 9})
+
+    with pytest.raises(StoreUnavailable):
+        store.insert_many([record])
+
+    assert store.count() == 0
+
+
+def test_sql_like_text_stored_verbatim(store: FeedbackStore) -> None:
+    record = make_record()
+    store.insert_many([record])
+
+    assert store.get(record.id).feedback_text == "Robert'); DROP TABLE feedback;-- was <b>great</b>"
+    assert store.count() == 1
+
+
+def test_reopen_keeps_rows_and_schema_version(tmp_path: Path) -> None:
+    path = tmp_path / "feedback.duckdb"
+    record = make_record()
+    first = FeedbackStore.open(path)
+    first.insert_many([record])
+    first.close()
+
+    second = FeedbackStore.open(path)
+
+    assert second.get(record.id) == record
+    second.close()
+    connection = duckdb.connect(str(path), read_only=True)
+    assert connection.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+    connection.close()
+
+
+def test_newer_schema_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "feedback.duckdb"
+    FeedbackStore.open(path).close()
+    connection = duckdb.connect(str(path))
+    connection.execute("INSERT INTO schema_version (version) VALUES (?)", [SCHEMA_VERSION + 1])
+    connection.close()
+
+    with pytest.raises(StoreError, match="newer than this code"):
+        FeedbackStore.open(path)
+
+
+def test_unusable_path_named_in_error(tmp_path: Path) -> None:
+    blocked = tmp_path / "is-a-directory.duckdb"
+    blocked.mkdir()
+
+    with pytest.raises(StoreError, match="is-a-directory.duckdb"):
+        FeedbackStore.open(blocked)
+
+
+def test_received_at_stays_utc(store: FeedbackStore) -> None:
+    record = make_record()
+    store.insert_many([record])
+
+    stored = store.get(record.id)
+
+    assert stored.received_at.utcoffset().total_seconds() == 0
+    assert stored.received_at == record.received_at
