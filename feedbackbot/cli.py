@@ -1,0 +1,361 @@
+"""The `feedbackbot` command line: argument parsing and configuration for each subcommand.
+
+To add a subcommand, write an `_add_<name>_parser(subparsers, common)` function that
+registers its parser with `handler=` set to a function taking the parsed arguments and
+returning the exit code, then append it to `_SUBCOMMAND_PARSERS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from feedbackbot import submit
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # some request failed: 5xx after retries, timeout or connection error
+EXIT_USAGE = 2  # bad arguments, unreadable input, no API key, or a key the server rejected
+EXIT_INTERRUPTED = 130
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+URL_ENV = "FEEDBACKBOT_URL"
+API_KEY_ENV = "FEEDBACKBOT_API_KEY"
+SUBMIT_KEY_ENV = "FEEDBACKBOT_SUBMIT_KEY"
+# Written by `make run`, relative to the current directory.
+DEMO_KEYS_FILE = Path("data") / "demo-keys.env"
+
+
+class UsageError(Exception):
+    """Invalid arguments or configuration. The CLI prints the message and exits with code 2."""
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """An API key and where it was found, for messages that must not show the key itself."""
+
+    value: str
+    source: str
+
+    def masked(self) -> str:
+        return mask_secret(self.value)
+
+
+def mask_secret(secret: str) -> str:
+    """Return the first 4 characters of a secret and "…", or only "…" for a secret under 12 characters."""
+    if len(secret) < 12:
+        return "…"
+    return secret[:4] + "…"
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """Parse KEY=VALUE lines, skipping blank lines and # comments. Returns {} if the file is missing.
+
+    An optional `export ` prefix and matching single or double quotes around the value
+    are removed.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+    values = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, value = line.split("=", 1)
+        key = key.strip().removeprefix("export ").strip()
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        values[key] = value
+    return values
+
+
+def resolve_api_key(explicit: str | None, environ: Mapping[str, str], cwd: Path) -> ApiKey:
+    """Find the submit API key: --api-key, then the environment, then data/demo-keys.env.
+
+    The order is `explicit`, $FEEDBACKBOT_API_KEY, $FEEDBACKBOT_SUBMIT_KEY, and the
+    FEEDBACKBOT_SUBMIT_KEY line of `cwd`/data/demo-keys.env. Empty values count as unset.
+    Raises UsageError naming all four places when none has a key.
+    """
+    if explicit is not None:
+        if not explicit.strip():
+            raise UsageError("--api-key is empty: pass the key, or omit the option to use the environment")
+        return ApiKey(explicit.strip(), "--api-key")
+
+    for name in (API_KEY_ENV, SUBMIT_KEY_ENV):
+        value = environ.get(name, "").strip()
+        if value:
+            return ApiKey(value, f"${name}")
+
+    keys_file = cwd / DEMO_KEYS_FILE
+    value = read_env_file(keys_file).get(SUBMIT_KEY_ENV, "").strip()
+    if value:
+        return ApiKey(value, str(keys_file))
+
+    raise UsageError(
+        "no API key found. Pass --api-key KEY, set FEEDBACKBOT_API_KEY or FEEDBACKBOT_SUBMIT_KEY, "
+        f"or run `make run`, which writes FEEDBACKBOT_SUBMIT_KEY to {keys_file}."
+    )
+
+
+def resolve_base_url(explicit: str | None, environ: Mapping[str, str]) -> str:
+    """Return the gateway base URL from --url, else $FEEDBACKBOT_URL, else DEFAULT_URL."""
+    if explicit is not None:
+        value, source = explicit, "--url"
+    elif environ.get(URL_ENV, "").strip():
+        value, source = environ[URL_ENV], f"${URL_ENV}"
+    else:
+        return DEFAULT_URL
+
+    value = value.strip()
+    try:
+        url = httpx.URL(value)
+    except httpx.InvalidURL as exc:
+        raise UsageError(f"invalid URL {value!r} in {source}: {exc}") from exc
+    if url.scheme not in ("http", "https") or not url.host:
+        raise UsageError(f"invalid URL {value!r} in {source}: expected http://HOST[:PORT] or https://HOST[:PORT]")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {value}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds greater than 0, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds greater than 0, got {text}")
+    return value
+
+
+# -- submit ---------------------------------------------------------------------------------
+
+_SUBMIT_EPILOG = f"""\
+FILE is JSONL (one JSON object per line, each posted byte for byte) or CSV with the
+header customer_name,customer_email,feedback_text,rating. In CSV, an integer rating
+is sent as a number and any other rating as a string, which the server rejects. A JSONL
+line that is not valid JSON is rejected locally, with its line number, and not sent.
+
+The API key is taken from --api-key, else ${API_KEY_ENV},
+else ${SUBMIT_KEY_ENV}, else the {SUBMIT_KEY_ENV} line of
+./{DEMO_KEYS_FILE}. Only its first 4 characters are ever printed.
+
+Responses 429 and 503 are retried after the Retry-After delay, and connection errors
+after an exponential backoff, up to --max-attempts in total. Other responses are final.
+If a line fails to connect on every attempt before any response has arrived, the
+server is taken to be down and the remaining lines are not sent.
+
+Exit status:
+  0  every line got a definite answer: 2xx accepted, or 4xx or local rejection
+  1  at least one line failed: 5xx, or 429 or 503 after all attempts, timeout,
+     connection error
+  2  usage error: bad arguments or file, no API key, or the server rejected the key
+     (401 or 403), which also stops sending the remaining lines
+"""
+
+
+def _add_submit_parser(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    parser = subparsers.add_parser(
+        "submit",
+        parents=[common],
+        help="post feedback from a JSONL or CSV file to POST /v1/feedback",
+        description="Post every record of a JSONL or CSV file to the gateway's POST /v1/feedback, then print a summary.",
+        epilog=_SUBMIT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("file", type=Path, metavar="FILE", help="JSONL or CSV file of feedback submissions")
+    parser.add_argument(
+        "--url",
+        help=f"gateway base URL. Requests go to URL{submit.FEEDBACK_PATH} (default: ${URL_ENV}, else {DEFAULT_URL})",
+    )
+    parser.add_argument(
+        "--api-key",
+        metavar="KEY",
+        help=f"API key sent as X-API-Key (default: see below). Other local users can read "
+        f"command-line arguments, so prefer ${API_KEY_ENV}",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        default=8,
+        metavar="N",
+        help="maximum number of requests in flight (default: 8)",
+    )
+    parser.add_argument(
+        "--timeout-s",
+        type=_positive_seconds,
+        default=30.0,
+        metavar="S",
+        help="timeout of each request attempt, in seconds (default: 30)",
+    )
+    parser.add_argument(
+        "--max-attempts",
+        type=_positive_int,
+        default=5,
+        metavar="N",
+        help="maximum requests per line, counting the first, for 429, 503 and connection errors (default: 5)",
+    )
+    parser.add_argument(
+        "--format",
+        choices=("jsonl", "csv"),
+        help="input format (default: from the extension: .jsonl or .ndjson for jsonl, .csv for csv)",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        metavar="FILE",
+        help="write one JSON line per input line: line number, outcome, HTTP status, attempts, "
+        "and the feedback id or the error",
+    )
+    parser.set_defaults(handler=_run_submit)
+
+
+def _run_submit(args: argparse.Namespace) -> int:
+    try:
+        input_format = args.format or submit.infer_format(args.file)
+        if input_format is None:
+            raise UsageError(
+                f"cannot tell the format of {args.file} from its extension {args.file.suffix!r}: "
+                "pass --format jsonl or --format csv"
+            )
+        api_key = resolve_api_key(args.api_key, os.environ, Path.cwd())
+        settings = submit.SubmitSettings(
+            base_url=resolve_base_url(args.url, os.environ),
+            api_key=api_key.value,
+            concurrency=args.concurrency,
+            timeout_s=args.timeout_s,
+            max_attempts=args.max_attempts,
+        )
+        records = submit.read_records(args.file, input_format)
+        if not records:
+            raise UsageError(f"{args.file} contains no records")
+        # Opened before sending, so that an unwritable path fails before any request is made.
+        output_file = args.output.open("w", encoding="utf-8") if args.output else None
+    except (UsageError, submit.InputFileError) as exc:
+        _print_error(args, str(exc))
+        return EXIT_USAGE
+    except OSError as exc:
+        _print_error(args, f"cannot write {args.output}: {exc.strerror or exc}")
+        return EXIT_USAGE
+
+    print(
+        f"Submitting {len(records)} records from {args.file} to {settings.endpoint} "
+        f"with API key {api_key.masked()} from {api_key.source}",
+        file=sys.stderr,
+    )
+    try:
+        report = submit.run_submission(records, settings)
+    except KeyboardInterrupt:
+        if output_file is not None:
+            output_file.close()
+        _print_error(args, "interrupted, so no summary or output file was written")
+        return EXIT_INTERRUPTED
+
+    if output_file is not None:
+        with output_file:
+            submit.write_results(output_file, report.results)
+
+    print(submit.format_summary(report))
+
+    if report.auth_failure is not None:
+        failure = report.auth_failure
+        message = failure.error.message if failure.error else ""
+        _print_error(
+            args,
+            f"the server rejected the API key from {api_key.source} with {failure.status} "
+            f"(request ID {failure.request_id or 'none'}): {message} "
+            f"Sending stopped, and {report.count(submit.Outcome.NOT_SENT)} records were not sent. "
+            "Check the key. `make run` writes the demo submit key to data/demo-keys.env.",
+        )
+        return EXIT_USAGE
+    if report.unreachable is not None:
+        failure = report.unreachable
+        message = failure.error.message if failure.error else ""
+        _print_error(
+            args,
+            f"cannot connect to {settings.endpoint} after {failure.attempts} attempts: {message}. "
+            f"Sending stopped, and {report.count(submit.Outcome.NOT_SENT)} records were not sent. "
+            "Check that the service is running (make run) and that --url or $FEEDBACKBOT_URL is right.",
+        )
+    if report.count(submit.Outcome.FAILED):
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+# -- dispatch -------------------------------------------------------------------------------
+
+_SUBCOMMAND_PARSERS: list[Callable[[argparse._SubParsersAction, argparse.ArgumentParser], None]] = [
+    _add_submit_parser,
+]
+
+
+def _print_error(args: argparse.Namespace, message: str) -> None:
+    print(f"feedbackbot {args.command}: error: {message}", file=sys.stderr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the top-level parser with one subparser per entry of `_SUBCOMMAND_PARSERS`."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="log more to stderr: -v for retries and failures, -vv for HTTP requests",
+    )
+
+    parser = argparse.ArgumentParser(prog="feedbackbot", description="Customer-feedback ingestion service tools.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add_parser in _SUBCOMMAND_PARSERS:
+        add_parser(subparsers, common)
+    return parser
+
+
+def _configure_logging(verbosity: int) -> None:
+    level = {0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("feedbackbot").setLevel(level)
+    # httpx logs each request at INFO, which is too much below -vv.
+    logging.getLogger("httpx").setLevel(logging.INFO if verbosity >= 2 else logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line and return the exit code, 2 for usage errors."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        # argparse exits with 0 after --help and 2 after a usage error.
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+
+    _configure_logging(getattr(args, "verbose", 0))
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
