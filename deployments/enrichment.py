@@ -1,0 +1,58 @@
+"""Enrichment deployment: sentiment of each feedback text, scored in batches."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from ray import serve
+
+from feedbackbot.errors import EnrichmentError
+from feedbackbot.sentiment import SentimentModel, label_for_score
+from feedbackbot.settings import EnrichmentSettings, load_settings
+from models.feedback import Sentiment
+
+logger = logging.getLogger("ray.serve")
+
+
+@serve.deployment
+class Enrichment:
+    """Holds one sentiment model and scores concurrent calls together with @serve.batch."""
+
+    def __init__(self, model_path: str, torch_threads: int) -> None:
+        logger.info("Loading sentiment model %s with %d torch thread(s)", model_path, torch_threads)
+        self._model = SentimentModel.load(model_path, num_threads=torch_threads)
+        self._settings = EnrichmentSettings()
+        logger.info("Loaded sentiment model %s", self._model.version)
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Apply batch size, batch wait and neutral band from user_config without a restart."""
+        self._settings = load_settings(EnrichmentSettings, user_config)
+        self._score_batch.set_max_batch_size(self._settings.max_batch_size)
+        self._score_batch.set_batch_wait_timeout_s(self._settings.batch_wait_timeout_s)
+        logger.info("Applied enrichment settings %s", self._settings.model_dump())
+
+    async def analyze(self, text: str) -> Sentiment:
+        """Return the sentiment of one text; concurrent calls share a model batch."""
+        score = await self._score_batch(text)
+        label = label_for_score(
+            score, neutral_low=self._settings.neutral_low, neutral_high=self._settings.neutral_high
+        )
+        return Sentiment(label=label, score=score, model_version=self._model.version)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    async def _score_batch(self, texts: list[str]) -> list[float]:
+        try:
+            # The model runs in a worker thread so that the replica keeps accepting calls,
+            # which then form the next batch.
+            return await asyncio.to_thread(
+                self._model.predict_positive, texts, batch_size=self._settings.max_batch_size
+            )
+        except (RuntimeError, ValueError) as error:
+            raise EnrichmentError(
+                f"Sentiment model {self._model.version} failed on a batch of {len(texts)} texts: {error}"
+            ) from error
+
+    def health(self) -> dict[str, str]:
+        return {"status": "ok", "model_version": self._model.version}

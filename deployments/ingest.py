@@ -1,0 +1,246 @@
+"""Ingest deployment: the FastAPI ingress of the feedback graph.
+
+`POST /v1/feedback` returns 201 only after the row is committed in DuckDB. The request goes
+validation -> enrichment -> persistence through deployment handles, and the sentiment
+response is passed straight into the persistence call so that Serve chains the two.
+Notifications are queued after the commit and never delay or fail the answer.
+"""
+
+
+import asyncio
+import logging
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+import ray.exceptions
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from ray import serve
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle
+
+from feedbackbot.errors import EnrichmentError, StoreUnavailable
+from feedbackbot.http_api import (
+    ERROR_RESPONSES,
+    await_response,
+    error_response,
+    error_summary,
+    form_payload,
+    install_error_handlers,
+    parse_json_object,
+    request_id_of,
+)
+from models.feedback import (
+    AcceptedSubmission,
+    FeedbackCreated,
+    FeedbackRecord,
+    FeedbackSubmission,
+    FieldError,
+    SentimentOut,
+    StoredFeedback,
+    ValidationResult,
+)
+
+logger = logging.getLogger("ray.serve")
+
+MAX_BODY_BYTES = 64 * 1024
+HEALTH_TIMEOUT_S = 5.0
+RETRY_AFTER_S = 5
+HANDOVER_TIMEOUT_S = 10.0
+JSON_TYPE = "application/json"
+FORM_TYPE = "application/x-www-form-urlencoded"
+
+api = FastAPI(
+    title="feedbackbot",
+    version="0.1.0",
+    description="Submit customer feedback and read it back. Every error has the shape "
+    '`{"error": {"code", "message", "request_id", "fields"}}`.',
+)
+install_error_handlers(api)
+
+
+@serve.deployment
+@serve.ingress(api)
+class Ingest:
+    """HTTP entry point: parses bodies, runs the graph and maps outcomes to status codes."""
+
+    def __init__(
+        self,
+        validation: DeploymentHandle,
+        enrichment: DeploymentHandle,
+        persistence: DeploymentHandle,
+        notification: DeploymentHandle,
+    ) -> None:
+        self._validation = validation
+        self._enrichment = enrichment
+        self._persistence = persistence
+        self._notification = notification
+        self._background: set[asyncio.Task[None]] = set()
+
+    @api.post(
+        "/v1/feedback",
+        status_code=201,
+        response_model=FeedbackCreated,
+        responses=ERROR_RESPONSES,
+        summary="Submit one feedback",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    JSON_TYPE: {"schema": FeedbackSubmission.model_json_schema()},
+                    FORM_TYPE: {"schema": FeedbackSubmission.model_json_schema()},
+                },
+            }
+        },
+    )
+    async def submit(self, request: Request) -> JSONResponse:
+        parsed = await self._read_payload(request)
+        if isinstance(parsed, JSONResponse):
+            return parsed
+        payload, from_form = parsed
+
+        result: ValidationResult = await self._validation.validate.remote(payload, from_form)
+        if result.errors:
+            return error_response(
+                request,
+                422,
+                "validation_failed",
+                f"{len(result.errors)} field(s) are invalid; fix them and submit again.",
+                fields=result.errors,
+            )
+
+        accepted = AcceptedSubmission(
+            id=uuid.uuid4(),
+            received_at=datetime.now(timezone.utc),
+            request_id=request_id_of(request),
+            submission=result.submission,
+        )
+        try:
+            sentiment = self._enrichment.analyze.remote(accepted.submission.feedback_text)
+            record: FeedbackRecord = await self._persistence.store.remote(accepted, sentiment)
+        except (StoreUnavailable, EnrichmentError, BackPressureError, ray.exceptions.RayActorError) as error:
+            logger.error("Feedback %s was not stored: %s", accepted.id, error_summary(error))
+            return error_response(
+                request,
+                503,
+                "unavailable",
+                "The feedback could not be stored right now and was not kept; submit it again "
+                f"after {RETRY_AFTER_S} seconds.",
+                retry_after_s=RETRY_AFTER_S,
+            )
+
+        logger.info(
+            "Stored feedback %s (rating %d, sentiment %s)", record.id, record.rating, record.sentiment_label
+        )
+        self._queue_notifications(record)
+
+        created = FeedbackCreated(
+            id=record.id,
+            received_at=record.received_at,
+            sentiment=SentimentOut(label=record.sentiment_label, score=record.sentiment_score),
+        )
+        return JSONResponse(
+            created.model_dump(mode="json"),
+            status_code=201,
+            headers={"Location": f"/v1/feedback/{record.id}"},
+        )
+
+    async def _read_payload(self, request: Request) -> tuple[object, bool] | JSONResponse:
+        """Return the decoded body and whether it came from a form, or an error response."""
+        body = await request.body()
+        if len(body) > MAX_BODY_BYTES:
+            return error_response(
+                request, 413, "payload_too_large", f"The body has {len(body)} bytes; send at most {MAX_BODY_BYTES}."
+            )
+
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type == FORM_TYPE:
+            form = await request.form()
+            return form_payload(form.multi_items()), True
+        if content_type not in (JSON_TYPE, ""):
+            return error_response(
+                request,
+                415,
+                "unsupported_media_type",
+                f"Content-Type {content_type!r} is not supported; send {JSON_TYPE} or {FORM_TYPE}.",
+            )
+
+        try:
+            return parse_json_object(body), False
+        except (ValueError, UnicodeDecodeError) as error:
+            message = f"The body is not valid JSON: {error}. Send a JSON object."
+            return error_response(
+                request,
+                422,
+                "validation_failed",
+                "The body is not valid JSON.",
+                fields=[FieldError(field="body", message=message)],
+            )
+
+    def _queue_notifications(self, record: FeedbackRecord) -> None:
+        task = asyncio.get_running_loop().create_task(self._notify(record))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _notify(self, record: FeedbackRecord) -> None:
+        try:
+            await self._notification.notify.remote(record)
+        except (BackPressureError, ray.exceptions.RayError) as error:
+            # TODO: a durable outbox written with the row would let these be sent later.
+            logger.error("Failed to queue notifications for feedback %s: %s", record.id, error_summary(error))
+
+    async def __del__(self) -> None:
+        # Serve awaits this when it stops the replica; notifications still being handed
+        # over to the notification deployment get a bounded time to finish.
+        if self._background:
+            logger.info("Waiting for %d notification hand-over(s) before stopping", len(self._background))
+            await asyncio.wait(self._background, timeout=HANDOVER_TIMEOUT_S)
+
+    @api.get(
+        "/v1/feedback/{feedback_id}",
+        response_model=StoredFeedback,
+        responses=ERROR_RESPONSES,
+        summary="Read one stored feedback (admin key)",
+    )
+    async def read(self, feedback_id: uuid.UUID, request: Request) -> JSONResponse:
+        record: FeedbackRecord | None = await self._persistence.get.remote(feedback_id)
+        if record is None:
+            return error_response(request, 404, "not_found", f"No feedback with id {feedback_id}.")
+
+        stored = StoredFeedback(
+            id=record.id,
+            received_at=record.received_at,
+            sentiment=SentimentOut(label=record.sentiment_label, score=record.sentiment_score),
+            request_id=record.request_id,
+            customer_name=record.customer_name,
+            customer_email=record.customer_email,
+            feedback_text=record.feedback_text,
+            rating=record.rating,
+            model_version=record.model_version,
+        )
+        return JSONResponse(stored.model_dump(mode="json"))
+
+    @api.get("/healthz", summary="Health of every deployment")
+    async def healthz(self) -> JSONResponse:
+        handles = {
+            "validation": self._validation,
+            "enrichment": self._enrichment,
+            "persistence": self._persistence,
+            "notification": self._notification,
+        }
+        checks = []
+        for handle in handles.values():
+            checks.append(asyncio.wait_for(await_response(handle.health.remote()), HEALTH_TIMEOUT_S))
+        results = await asyncio.gather(*checks, return_exceptions=True)
+
+        report: dict[str, Any] = {"ingest": {"status": "ok"}}
+        for name, result in zip(handles, results):
+            if isinstance(result, BaseException):
+                report[name] = {"status": "failing", "error": error_summary(result) or type(result).__name__}
+            else:
+                report[name] = result
+
+        healthy = all(part.get("status") == "ok" for part in report.values())
+        status = "ok" if healthy else "degraded"
+        return JSONResponse({"status": status, "deployments": report}, status_code=200 if healthy else 503)

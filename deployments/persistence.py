@@ -1,0 +1,83 @@
+"""Persistence deployment: the single DuckDB writer, committing in batches."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, TypeVar
+from uuid import UUID
+
+from ray import serve
+
+from feedbackbot.settings import BatchSettings, load_settings, resolve_path
+from feedbackbot.store import FeedbackStore
+from models.feedback import AcceptedSubmission, FeedbackRecord, Sentiment
+
+logger = logging.getLogger("ray.serve")
+
+ResultT = TypeVar("ResultT")
+
+
+@serve.deployment
+class Persistence:
+    """Owns the DuckDB file. Runs as exactly one replica, because DuckDB allows one writer."""
+
+    def __init__(self, db_path: str) -> None:
+        path = resolve_path(db_path)
+        # One thread runs every DuckDB call, since a DuckDB connection must not be used
+        # from two threads at once.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="duckdb")
+        self._store = self._executor.submit(FeedbackStore.open, path).result()
+        logger.info("Opened the feedback database %s with %d rows", path, self._executor.submit(self._store.count).result())
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Apply batch size and batch wait from user_config without a restart."""
+        settings = load_settings(BatchSettings, user_config)
+        self._insert_batch.set_max_batch_size(settings.max_batch_size)
+        self._insert_batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
+        logger.info("Applied persistence settings %s", settings.model_dump())
+
+    async def store(self, accepted: AcceptedSubmission, sentiment: Sentiment) -> FeedbackRecord:
+        """Commit one feedback row and return it; returns only after the commit."""
+        submission = accepted.submission
+        record = FeedbackRecord(
+            id=accepted.id,
+            received_at=accepted.received_at,
+            request_id=accepted.request_id,
+            customer_name=submission.customer_name,
+            customer_email=submission.customer_email,
+            feedback_text=submission.feedback_text,
+            rating=submission.rating,
+            sentiment_label=sentiment.label,
+            sentiment_score=sentiment.score,
+            model_version=sentiment.model_version,
+        )
+        await self._insert_batch(record)
+        return record
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def _insert_batch(self, records: list[FeedbackRecord]) -> list[None]:
+        await self._run(self._store.insert_many, records)
+        logger.info("Committed %d feedback row(s)", len(records))
+        return [None] * len(records)
+
+    async def get(self, feedback_id: UUID) -> FeedbackRecord | None:
+        """Return one stored feedback, or None when the id is unknown."""
+        return await self._run(self._store.get, feedback_id)
+
+    async def health(self) -> dict[str, str]:
+        await self._run(self._store.check_writable)
+        return {"status": "ok", "db_path": str(self._store.path)}
+
+    async def _run(self, function: Callable[..., ResultT], *args: Any) -> ResultT:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, function, *args)
+
+    def __del__(self) -> None:
+        # Serve calls __del__ when it stops the replica; closing checkpoints the WAL.
+        store = getattr(self, "_store", None)
+        if store is not None:
+            self._executor.submit(store.close).result()
+            self._executor.shutdown()
+            logger.info("Closed the feedback database %s", store.path)

@@ -1,0 +1,27 @@
+"""Validation deployment: turns a decoded request body into a submission or field errors."""
+
+from __future__ import annotations
+
+import logging
+
+from ray import serve
+
+from models.feedback import ValidationResult, validate_submission
+
+logger = logging.getLogger("ray.serve")
+
+
+@serve.deployment
+class Validation:
+    """Stateless pydantic validation; scaled out by Serve's autoscaler."""
+
+    def validate(self, payload: object, from_form: bool = False) -> ValidationResult:
+        """Validate one body; `from_form` allows a rating sent as a digit string."""
+        result = validate_submission(payload, from_form=from_form)
+        if result.errors:
+            fields = ", ".join(error.field for error in result.errors)
+            logger.info("Rejected a submission: invalid %s", fields)
+        return result
+
+    def health(self) -> dict[str, str]:
+        return {"status": "ok"}

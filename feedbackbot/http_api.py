@@ -1,0 +1,132 @@
+"""HTTP helpers of the ingest deployment: the common error shape and body parsing.
+
+They live outside deployments/ingest.py on purpose. Serve pickles the ingress class by
+value, and module-level functions next to it were missing in the replica (NameError), while
+functions imported from another module are pickled by reference and always resolve.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from models.feedback import ErrorDetail, ErrorResponse, FieldError
+
+logger = logging.getLogger("ray.serve")
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in {
+        401: "Missing or unknown X-API-Key (from the gateway).",
+        403: "The key's role may not call this route (from the gateway).",
+        413: "The body is larger than 64 KiB.",
+        415: "The body is neither JSON nor an HTML form post.",
+        422: "Invalid input; `fields` lists each bad field.",
+        429: "Rate limit reached; retry after Retry-After seconds (from the gateway).",
+        503: "A deployment cannot serve right now; retry after Retry-After seconds.",
+    }.items()
+}
+
+
+def error_response(
+    request: Request,
+    status: int,
+    code: str,
+    message: str,
+    *,
+    fields: list[FieldError] | None = None,
+    retry_after_s: int | None = None,
+) -> JSONResponse:
+    """Build a response in the common error shape, with the request's id."""
+    body = ErrorResponse(
+        error=ErrorDetail(code=code, message=message, request_id=request_id_of(request), fields=fields)
+    )
+    headers = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else None
+    return JSONResponse(body.model_dump(mode="json", exclude_none=True), status_code=status, headers=headers)
+
+
+def request_id_of(request: Request) -> str:
+    """Return the gateway's X-Request-ID, else the id that Serve's proxy gave the request."""
+    header = request.headers.get("x-request-id")
+    if header:
+        return header
+    # NOTE: a private Serve API; it carries the id that the proxy generated when the
+    # request came without the header, which only happens when the gateway is bypassed.
+    context_id = serve.context._get_serve_request_context().request_id
+    return context_id or uuid.uuid4().hex
+
+
+def install_error_handlers(api: FastAPI) -> None:
+    """Make FastAPI's own errors (bad path values, unknown routes, crashes) use the common shape."""
+
+    @api.exception_handler(RequestValidationError)
+    async def _invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+        fields = [
+            FieldError(field=str(item["loc"][-1]), message=f"{item['loc'][-1]} is invalid: {item['msg']}.")
+            for item in error.errors()
+        ]
+        return error_response(request, 422, "validation_failed", "The request is invalid.", fields=fields)
+
+    @api.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        code = codes.get(error.status_code, "http_error")
+        message = str(error.detail)
+        if error.status_code == 404:
+            message = f"No route {request.method} {request.url.path}; see /openapi.json for the routes."
+        return error_response(request, error.status_code, code, message)
+
+    @api.exception_handler(Exception)
+    async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:
+        logger.exception("Unexpected error on %s %s", request.method, request.url.path)
+        return error_response(
+            request,
+            500,
+            "internal_error",
+            "The service failed unexpectedly; retry later and quote the request id if it persists.",
+        )
+
+
+def parse_json_object(body: bytes) -> Any:
+    """Decode a JSON body, rejecting duplicate keys and NaN or Infinity. Raises ValueError."""
+    return json.loads(body, object_pairs_hook=_reject_duplicate_keys, parse_constant=_reject_constant)
+
+
+def form_payload(items: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Return the first value of each form field."""
+    payload: dict[str, Any] = {}
+    for key, value in items:
+        payload.setdefault(key, value)
+    return payload
+
+
+def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    payload: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in payload:
+            raise ValueError(f"the key {key!r} appears more than once")
+        payload[key] = value
+    return payload
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+async def await_response(response: Any) -> Any:
+    """Await a DeploymentResponse; asyncio.wait_for needs a coroutine, not an awaitable."""
+    return await response
+
+
+def error_summary(error: BaseException) -> str:
+    """Return the last line of an error, which for a Ray task error is the original message."""
+    text = str(error).strip()
+    return text.splitlines()[-1] if text else type(error).__name__
