@@ -1,0 +1,43 @@
+# feedbackbot: `make run` installs and starts the service, `make test` installs and runs the
+# tests, `make stop` stops what `make run` started. See README.md.
+
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+PIP := $(PYTHON) -m pip
+SYSTEM_PYTHON ?= python3
+
+.PHONY: run stop status test install install-test nginx
+
+run: install nginx
+	$(PYTHON) -m feedbackbot.service start
+
+stop:
+	@if [ -x $(PYTHON) ]; then $(PYTHON) -m feedbackbot.service stop; else echo "feedbackbot is not installed, so nothing runs."; fi
+
+status:
+	$(PYTHON) -m feedbackbot.service status
+
+test: install-test nginx
+	$(PYTHON) -m pytest
+
+install: $(VENV)/.installed
+
+install-test: $(VENV)/.installed-test
+
+# torch comes first and pinned: a plain "torch" requirement would pull a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PYTHON) || $(SYSTEM_PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PIP) install --quiet -e '.[test]'
+	touch $@
+
+nginx:
+	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || { \
+		echo "Installing nginx with apt-get"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nginx; }
