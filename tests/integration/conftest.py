@@ -1,0 +1,179 @@
+"""One real feedbackbot stack for the integration tests: Ray, the Serve graph, Nginx and a
+mail sink, all on 127.0.0.1 with ports of their own, started by the same code as `make run`.
+
+Tests that read the DuckDB file directly are marked `after_shutdown`. They run last,
+after the fixture stops the Serve application, because DuckDB lets no other process open
+a file while the persistence replica writes it.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import secrets
+import time
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any, Iterator
+
+import duckdb
+import httpx
+import pytest
+
+from feedbackbot.service import Ports, Service, ServiceConfig, _is_alive, _process_tree
+
+# Outside Ray's worker port range (10002-19999) and away from `make run`'s defaults.
+TEST_PORTS = Ports(
+    gateway=28080,
+    serve=28000,
+    ray_gcs=26379,
+    dashboard=28265,
+    ray_client=20001,
+    dashboard_agent=52366,
+    mail=22525,
+)
+MAIL_FROM = "feedback@feedbackbot.localhost"
+ADMIN_ADDRESS = "admin@feedbackbot.localhost"
+RATE_PER_KEY_RPS = 50
+RATE_BURST = 100
+
+
+@dataclass
+class Keys:
+    submit: str
+    admin: str
+    rate_limited: str = field(repr=False)
+
+
+@dataclass
+class Stack:
+    """Handles that tests need: URLs, keys, the mail folder and the database path."""
+
+    service: Service
+    keys: Keys
+    url: str
+    serve_url: str
+    mail_dir: Path
+    db_path: Path
+    graph_stopped: bool = False
+    accepted: dict[str, dict[str, Any]] = field(default_factory=dict)
+    rejected_markers: list[str] = field(default_factory=list)
+    unsent: set[str] = field(default_factory=set)
+    mailed_once: set[str] = field(default_factory=set)
+
+    def client(self, key: str | None = None, **kwargs: Any) -> httpx.Client:
+        headers = {"X-API-Key": key} if key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60.0, **kwargs)
+
+    def wait_for_mail(self, predicate, timeout_s: float = 60.0) -> list[EmailMessage]:
+        """Return the sink's messages once `predicate(messages)` is true; fail at the deadline."""
+        deadline = time.monotonic() + timeout_s
+        messages: list[EmailMessage] = []
+        while time.monotonic() < deadline:
+            messages = read_mail(self.mail_dir)
+            if predicate(messages):
+                return messages
+            time.sleep(0.2)
+        pytest.fail(f"The expected mail did not arrive within {timeout_s} s; the sink holds {len(messages)} messages.")
+
+    def wait_for_log(self, deployment: str, fragment: str, timeout_s: float = 60.0) -> str:
+        """Return the first Serve log line of `deployment` that contains `fragment`."""
+        folder = self.service.config.ray_temp_dir / "session_latest" / "logs" / "serve"
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for path in folder.glob(f"replica_feedbackbot_{deployment}_*.log"):
+                for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+                    if fragment in line:
+                        return line
+            time.sleep(0.2)
+        pytest.fail(f"No {deployment} log line containing {fragment!r} within {timeout_s} s.")
+
+    def stop_graph(self) -> None:
+        """Shut down the Serve application so that DuckDB's file lock is released."""
+        if self.graph_stopped:
+            return
+        import subprocess
+        import sys
+
+        serve = str(Path(sys.executable).with_name("serve"))
+        subprocess.run(
+            [serve, "shutdown", "--yes", "--address", self.service.config.dashboard_url],
+            env=self.service.ray_environment(),
+            check=True,
+            capture_output=True,
+            timeout=180,
+        )
+        self.graph_stopped = True
+
+    def connect_db(self) -> duckdb.DuckDBPyConnection:
+        self.stop_graph()
+        return duckdb.connect(str(self.db_path), read_only=True)
+
+
+def mail_text(message: EmailMessage) -> str:
+    """Return the plain-text body; apprise sends multipart/alternative mail."""
+    return message.get_body(preferencelist=("plain",)).get_content()
+
+
+def read_mail(folder: Path) -> list[EmailMessage]:
+    messages = []
+    for path in sorted(folder.glob("*.eml")):
+        messages.append(email.message_from_bytes(path.read_bytes(), policy=email.policy.default))
+    return messages
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.get_closest_marker("after_shutdown") is not None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "after_shutdown: runs last, after the Serve application is shut down")
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    data_dir = tmp_path_factory.mktemp("feedbackbot-data")
+    keys = Keys(
+        submit=secrets.token_urlsafe(24),
+        admin=secrets.token_urlsafe(24),
+        rate_limited=secrets.token_urlsafe(24),
+    )
+    (data_dir / "api-keys.txt").write_text(
+        f"submit {keys.submit}\nadmin {keys.admin}\nsubmit {keys.rate_limited}\n"
+    )
+    (data_dir / "demo-keys.env").write_text(
+        f"FEEDBACKBOT_SUBMIT_KEY={keys.submit}\nFEEDBACKBOT_ADMIN_KEY={keys.admin}\n"
+    )
+
+    sink = f"mailto://127.0.0.1:{TEST_PORTS.mail}?from={MAIL_FROM}"
+    config = ServiceConfig(
+        data_dir=data_dir,
+        ports=TEST_PORTS,
+        app_args={
+            "customer_notify_url": sink,
+            "admin_notify_urls": [f"{sink}&to={ADMIN_ADDRESS}"],
+        },
+        rate_per_key_rps=RATE_PER_KEY_RPS,
+        rate_burst=RATE_BURST,
+    )
+    service = Service(config)
+    ray_tree: list[int] = []
+    parts: dict[str, int] = {}
+    try:
+        service.start()
+        ray_tree = _process_tree(service.running_parts()["ray"])
+        yield Stack(
+            service=service,
+            keys=keys,
+            url=config.gateway_url,
+            serve_url=f"http://127.0.0.1:{TEST_PORTS.serve}",
+            mail_dir=config.mail_dir,
+            db_path=config.db_path,
+        )
+    finally:
+        parts = service.running_parts()
+        service.stop()
+
+    leftovers = [pid for pid in [*parts.values(), *ray_tree] if _is_alive(pid)]
+    assert leftovers == [], f"processes still running after stop: {leftovers}"

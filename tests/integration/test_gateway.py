@@ -1,0 +1,136 @@
+"""The Nginx gateway in front of the real graph: keys, roles, body limit, rate limit, ids."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import httpx
+import pytest
+
+from tests.integration.conftest import RATE_BURST, Stack
+
+pytestmark = pytest.mark.integration
+
+VALID = {
+    "customer_name": "Grace Hopper",
+    "customer_email": "grace@example.com",
+    "feedback_text": "Checking the gateway with a valid body.",
+    "rating": 4,
+}
+
+
+def assert_error_shape(response: httpx.Response, status: int, code: str) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["Content-Type"].startswith("application/json")
+    error = response.json()["error"]
+    assert error["code"] == code
+    assert error["message"]
+    assert error["request_id"] == response.headers["X-Request-ID"]
+
+
+def test_missing_key_unauthorized(stack: Stack) -> None:
+    with stack.client() as client:
+        response = client.post("/v1/feedback", json=VALID)
+
+    assert_error_shape(response, 401, "unauthorized")
+
+
+def test_unknown_key_unauthorized(stack: Stack) -> None:
+    with stack.client("not-a-key-" + uuid.uuid4().hex) as client:
+        response = client.post("/v1/feedback", json=VALID)
+
+    assert_error_shape(response, 401, "unauthorized")
+
+
+def test_admin_route_needs_key(stack: Stack) -> None:
+    with stack.client() as client:
+        response = client.get(f"/v1/feedback/{uuid.uuid4()}")
+
+    assert_error_shape(response, 401, "unauthorized")
+
+
+def test_submit_key_forbidden_on_admin_route(stack: Stack) -> None:
+    with stack.client(stack.keys.submit) as client:
+        response = client.get(f"/v1/feedback/{uuid.uuid4()}")
+
+    assert_error_shape(response, 403, "forbidden")
+
+
+def test_admin_key_may_submit(stack: Stack) -> None:
+    marker = f"rejected-{uuid.uuid4().hex}"
+    stack.rejected_markers.append(marker)
+
+    with stack.client(stack.keys.admin) as client:
+        response = client.post("/v1/feedback", json={**VALID, "customer_name": marker, "rating": 0})
+
+    assert response.status_code == 422
+
+
+def test_oversized_body_rejected(stack: Stack) -> None:
+    body = {**VALID, "feedback_text": "x" * (64 * 1024 + 1)}
+
+    with stack.client(stack.keys.submit) as client:
+        response = client.post("/v1/feedback", json=body)
+
+    assert_error_shape(response, 413, "payload_too_large")
+
+
+def test_unknown_route_not_found(stack: Stack) -> None:
+    with stack.client(stack.keys.admin) as client:
+        response = client.get("/v2/anything")
+
+    assert_error_shape(response, 404, "not_found")
+
+
+def test_client_request_id_kept(stack: Stack) -> None:
+    request_id = "client-" + uuid.uuid4().hex
+
+    with stack.client() as client:
+        response = client.get("/healthz", headers={"X-Request-ID": request_id})
+
+    assert response.headers["X-Request-ID"] == request_id
+
+
+@pytest.mark.parametrize("bad_id", ["short", "has space in it", "quote\"inside-the-id", "x" * 129])
+def test_unsafe_request_id_replaced(stack: Stack, bad_id: str) -> None:
+    with stack.client() as client:
+        response = client.get("/healthz", headers={"X-Request-ID": bad_id})
+
+    replaced = response.headers["X-Request-ID"]
+    assert replaced != bad_id
+    assert len(replaced) == 32
+
+
+def test_key_not_forwarded_to_graph(stack: Stack) -> None:
+    # Serve responds directly without the gateway, so the graph does not depend on the key.
+    response = httpx.get(f"{stack.serve_url}/healthz", timeout=30.0)
+
+    assert response.status_code == 200
+
+
+def test_rate_limit_per_key(stack: Stack) -> None:
+    attempts = RATE_BURST * 3
+
+    async def hammer() -> list[httpx.Response]:
+        headers = {"X-API-Key": stack.keys.rate_limited}
+        # One connection per request, so that all of them reach Nginx at about the same time.
+        limits = httpx.Limits(max_connections=attempts)
+        async with httpx.AsyncClient(base_url=stack.url, headers=headers, timeout=60.0, limits=limits) as client:
+            # An invalid body keeps the graph's work small and stores nothing.
+            requests = [client.post("/v1/feedback", json={"rating": 0}) for _ in range(attempts)]
+            return await asyncio.gather(*requests)
+
+    responses = asyncio.run(hammer())
+
+    statuses = [response.status_code for response in responses]
+    limited = [response for response in responses if response.status_code == 429]
+    assert set(statuses) <= {422, 429}
+    assert limited, f"no 429 among {attempts} requests sent at once"
+    assert statuses.count(422) >= RATE_BURST
+    assert_error_shape(limited[0], 429, "rate_limited")
+    assert int(limited[0].headers["Retry-After"]) >= 1
+
+    with stack.client(stack.keys.submit) as client:
+        other_key = client.post("/v1/feedback", json={"rating": 0})
+    assert other_key.status_code == 422
