@@ -29,7 +29,7 @@ def build_app(args: dict[str, Any]) -> Application:
     return Ingest.bind(
         Validation.bind(),
         Enrichment.bind(settings.sentiment_model, settings.torch_threads),
-        Persistence.bind(settings.db_path),
+        Persistence.bind(settings.db_path, settings.idempotency_window_s),
         Notification.bind(
             customer_url,
             admin_urls,
@@ -37,4 +37,5 @@ def build_app(args: dict[str, Any]) -> Application:
             settings.notify_timeout_s,
             settings.notify_queue_max,
         ),
+        settings.idempotency_window_s,
     )

@@ -20,13 +20,16 @@ from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
-from feedbackbot.errors import EnrichmentError, StoreUnavailable
+from feedbackbot.errors import EnrichmentError, StoreError
 from feedbackbot.http_api import (
     ERROR_RESPONSES,
+    IDEMPOTENCY_KEY_PARAMETER,
     await_response,
+    created_response,
     error_response,
     error_summary,
     form_payload,
+    idempotency_claim,
     install_error_handlers,
     parse_json_object,
     request_id_of,
@@ -36,9 +39,11 @@ from models.feedback import (
     FeedbackCreated,
     FeedbackRecord,
     FeedbackSubmission,
+    IdempotencyClaim,
     FieldError,
     SentimentOut,
     StoredFeedback,
+    StoreOutcome,
     ValidationResult,
 )
 
@@ -71,7 +76,9 @@ class Ingest:
         enrichment: DeploymentHandle,
         persistence: DeploymentHandle,
         notification: DeploymentHandle,
+        idempotency_window_s: float,
     ) -> None:
+        self._idempotency_window_h = idempotency_window_s / 3600
         self._validation = validation
         self._enrichment = enrichment
         self._persistence = persistence
@@ -85,6 +92,7 @@ class Ingest:
         responses=ERROR_RESPONSES,
         summary="Submit one feedback",
         openapi_extra={
+            "parameters": [IDEMPOTENCY_KEY_PARAMETER],
             "requestBody": {
                 "required": True,
                 "content": {
@@ -110,17 +118,27 @@ class Ingest:
                 fields=result.errors,
             )
 
-        accepted = AcceptedSubmission(
-            id=uuid.uuid4(),
-            received_at=datetime.now(timezone.utc),
-            request_id=request_id_of(request),
-            submission=result.submission,
-        )
+        claim = idempotency_claim(request, result.submission)
+        if isinstance(claim, JSONResponse):
+            return claim
+
         try:
+            if claim is not None:
+                earlier: StoreOutcome | None = await self._persistence.find_claim.remote(claim)
+                if earlier is not None:
+                    return self._answer_repeat(request, earlier, claim)
+
+            accepted = AcceptedSubmission(
+                id=uuid.uuid4(),
+                received_at=datetime.now(timezone.utc),
+                request_id=request_id_of(request),
+                submission=result.submission,
+                idempotency=claim,
+            )
             sentiment = self._enrichment.analyze.remote(accepted.submission.feedback_text)
-            record: FeedbackRecord = await self._persistence.store.remote(accepted, sentiment)
-        except (StoreUnavailable, EnrichmentError, BackPressureError, ray.exceptions.RayActorError) as error:
-            logger.error("Feedback %s was not stored: %s", accepted.id, error_summary(error))
+            outcome: StoreOutcome = await self._persistence.store.remote(accepted, sentiment)
+        except (StoreError, EnrichmentError, BackPressureError, ray.exceptions.RayActorError) as error:
+            logger.error("Feedback was not stored: %s", error_summary(error))
             return error_response(
                 request,
                 503,
@@ -130,20 +148,30 @@ class Ingest:
                 retry_after_s=RETRY_AFTER_S,
             )
 
+        if outcome.status != "created":
+            return self._answer_repeat(request, outcome, claim)
+
+        record = outcome.record
         logger.info(
             "Stored feedback %s (rating %d, sentiment %s)", record.id, record.rating, record.sentiment_label
         )
         self._queue_notifications(record)
+        return created_response(record)
 
-        created = FeedbackCreated(
-            id=record.id,
-            received_at=record.received_at,
-            sentiment=SentimentOut(label=record.sentiment_label, score=record.sentiment_score),
-        )
-        return JSONResponse(
-            created.model_dump(mode="json"),
-            status_code=201,
-            headers={"Location": f"/v1/feedback/{record.id}"},
+    def _answer_repeat(self, request: Request, outcome: StoreOutcome, claim: IdempotencyClaim) -> JSONResponse:
+        """Answer a repeated Idempotency-Key: the original 201, or 409 for another submission."""
+        if outcome.status == "replayed":
+            logger.info("Replayed feedback %s for a repeated Idempotency-Key", outcome.record.id)
+            return created_response(outcome.record, replayed=True)
+
+        logger.info("Rejected a reused Idempotency-Key with a different submission")
+        hours = self._idempotency_window_h
+        return error_response(
+            request,
+            409,
+            "idempotency_conflict",
+            f"The Idempotency-Key {claim.key!r} was already used for a different submission in the last "
+            f"{hours:g} h; send a new key with each new submission.",
         )
 
     async def _read_payload(self, request: Request) -> tuple[object, bool] | JSONResponse:

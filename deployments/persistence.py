@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, TypeVar
 from uuid import UUID
 
@@ -12,19 +14,23 @@ from ray import serve
 
 from feedbackbot.settings import BatchSettings, load_settings, resolve_path
 from feedbackbot.store import FeedbackStore
-from models.feedback import AcceptedSubmission, FeedbackRecord, Sentiment
+from models.feedback import AcceptedSubmission, FeedbackRecord, IdempotencyClaim, Sentiment, StoreOutcome
 
 logger = logging.getLogger("ray.serve")
 
 ResultT = TypeVar("ResultT")
+
+PURGE_INTERVAL_S = 600.0
 
 
 @serve.deployment
 class Persistence:
     """Owns the DuckDB file. Runs as exactly one replica, because DuckDB allows one writer."""
 
-    def __init__(self, db_path: str) -> None:
+    def __init__(self, db_path: str, idempotency_window_s: float) -> None:
         path = resolve_path(db_path)
+        self._idempotency_window_s = idempotency_window_s
+        self._next_purge = 0.0
         # One thread runs every DuckDB call, since a DuckDB connection must not be used
         # from two threads at once.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="duckdb")
@@ -34,12 +40,15 @@ class Persistence:
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply batch size and batch wait from user_config without a restart."""
         settings = load_settings(BatchSettings, user_config)
-        self._insert_batch.set_max_batch_size(settings.max_batch_size)
-        self._insert_batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
+        self._commit_batch.set_max_batch_size(settings.max_batch_size)
+        self._commit_batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
         logger.info("Applied persistence settings %s", settings.model_dump())
 
-    async def store(self, accepted: AcceptedSubmission, sentiment: Sentiment) -> FeedbackRecord:
-        """Commit one feedback row and return it; returns only after the commit."""
+    async def store(self, accepted: AcceptedSubmission, sentiment: Sentiment) -> StoreOutcome:
+        """Commit one feedback row, or find the original of a repeated Idempotency-Key.
+
+        Returns only after the commit.
+        """
         submission = accepted.submission
         record = FeedbackRecord(
             id=accepted.id,
@@ -53,14 +62,36 @@ class Persistence:
             sentiment_score=sentiment.score,
             model_version=sentiment.model_version,
         )
-        await self._insert_batch(record)
-        return record
+        return await self._commit_batch((record, accepted.idempotency))
+
+    async def find_claim(self, claim: IdempotencyClaim) -> StoreOutcome | None:
+        """Return the outcome of an earlier use of this Idempotency-Key, or None."""
+        now = datetime.now(timezone.utc)
+        return await self._run(
+            lambda: self._store.find_claim(claim, now=now, idempotency_window_s=self._idempotency_window_s)
+        )
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
-    async def _insert_batch(self, records: list[FeedbackRecord]) -> list[None]:
-        await self._run(self._store.insert_many, records)
-        logger.info("Committed %d feedback row(s)", len(records))
-        return [None] * len(records)
+    async def _commit_batch(
+        self, items: list[tuple[FeedbackRecord, IdempotencyClaim | None]]
+    ) -> list[StoreOutcome]:
+        now = datetime.now(timezone.utc)
+        outcomes = await self._run(
+            lambda: self._store.commit_submissions(items, now=now, idempotency_window_s=self._idempotency_window_s)
+        )
+        created = sum(1 for outcome in outcomes if outcome.status == "created")
+        logger.info("Committed %d feedback row(s) of a batch of %d", created, len(items))
+        await self._purge_when_due(now)
+        return outcomes
+
+    async def _purge_when_due(self, now: datetime) -> None:
+        if time.monotonic() < self._next_purge:
+            return
+        self._next_purge = time.monotonic() + PURGE_INTERVAL_S
+        older_than = now - timedelta(seconds=self._idempotency_window_s)
+        deleted = await self._run(lambda: self._store.purge_idempotency_keys(older_than=older_than))
+        if deleted:
+            logger.info("Purged %d expired Idempotency-Key(s)", deleted)
 
     async def get(self, feedback_id: UUID) -> FeedbackRecord | None:
         """Return one stored feedback, or None when the id is unknown."""

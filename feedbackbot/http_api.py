@@ -7,8 +7,10 @@ functions imported from another module are pickled by reference and always resol
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import re
 import uuid
 from typing import Any
 
@@ -18,7 +20,16 @@ from fastapi.responses import JSONResponse
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from models.feedback import ErrorDetail, ErrorResponse, FieldError
+from models.feedback import (
+    ErrorDetail,
+    ErrorResponse,
+    FeedbackCreated,
+    FeedbackRecord,
+    FeedbackSubmission,
+    FieldError,
+    IdempotencyClaim,
+    SentimentOut,
+)
 
 logger = logging.getLogger("ray.serve")
 
@@ -29,11 +40,59 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         403: "The key's role may not call this route (from the gateway).",
         413: "The body is larger than 64 KiB.",
         415: "The body is neither JSON nor an HTML form post.",
+        409: "The Idempotency-Key was already used for a different submission.",
         422: "Invalid input; `fields` lists each bad field.",
         429: "Rate limit reached; retry after Retry-After seconds (from the gateway).",
         503: "A deployment cannot serve right now; retry after Retry-After seconds.",
     }.items()
 }
+
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
+IDEMPOTENCY_KEY_PARAMETER = {
+    "name": IDEMPOTENCY_HEADER,
+    "in": "header",
+    "required": False,
+    "description": "Any 1 to 255 printable ASCII characters, new for each submission. A repeat with "
+    "the same key and submission within the window returns the original 201 (with "
+    "Idempotent-Replayed: true) and stores nothing; another submission with the key gets 409.",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+}
+
+
+def idempotency_claim(request: Request, submission: FeedbackSubmission) -> IdempotencyClaim | JSONResponse | None:
+    """Return the request's Idempotency-Key claim, None without the header, or a 422 response."""
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is None:
+        return None
+    if not IDEMPOTENCY_KEY_PATTERN.match(key):
+        message = f"{IDEMPOTENCY_HEADER} must be 1 to 255 printable ASCII characters without spaces; got {len(key)} characters."
+        return error_response(
+            request,
+            422,
+            "validation_failed",
+            f"The {IDEMPOTENCY_HEADER} header is invalid.",
+            fields=[FieldError(field=IDEMPOTENCY_HEADER, message=message)],
+        )
+
+    # The fingerprint covers the validated submission, so a JSON post and a form post of the
+    # same feedback, or two JSON encodings of it, count as the same submission.
+    canonical = json.dumps(submission.model_dump(), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return IdempotencyClaim(key=key, body_sha256=hashlib.sha256(canonical.encode()).hexdigest())
+
+
+def created_response(record: FeedbackRecord, *, replayed: bool = False) -> JSONResponse:
+    """Build the 201 response for a stored feedback."""
+    created = FeedbackCreated(
+        id=record.id,
+        received_at=record.received_at,
+        sentiment=SentimentOut(label=record.sentiment_label, score=record.sentiment_score),
+    )
+    headers = {"Location": f"/v1/feedback/{record.id}"}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return JSONResponse(created.model_dump(mode="json"), status_code=201, headers=headers)
 
 
 def error_response(

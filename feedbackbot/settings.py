@@ -40,6 +40,12 @@ class AppSettings(BaseModel):
         description="'builtin' for the MiniLM encoder with the committed head, or the path of a "
         "local transformers sequence-classification model directory.",
     )
+    idempotency_window_s: float = Field(
+        default=86_400.0,
+        gt=0,
+        description="How long an Idempotency-Key is remembered, in seconds. A repeat within the "
+        "window returns the original response instead of storing again.",
+    )
     torch_threads: int = Field(
         default=1, ge=1, le=64, description="Threads that torch uses in each enrichment replica."
     )

@@ -8,6 +8,7 @@ raised again as `StoreError`, chained, with the path and the next step to try.
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Iterable, Sequence
 from uuid import UUID
@@ -15,7 +16,7 @@ from uuid import UUID
 import duckdb
 
 from feedbackbot.errors import StoreError, StoreUnavailable
-from models.feedback import FeedbackRecord
+from models.feedback import FeedbackRecord, IdempotencyClaim, StoreOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,14 @@ SCHEMA_STATEMENTS = (
         sentiment_score DOUBLE NOT NULL CHECK (sentiment_score BETWEEN 0 AND 1),
         model_version VARCHAR NOT NULL,
         stored_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS idempotency_keys (
+        idempotency_key VARCHAR PRIMARY KEY,
+        body_sha256 VARCHAR NOT NULL,
+        feedback_id UUID NOT NULL,
+        created_at TIMESTAMPTZ NOT NULL
     )
     """,
 )
@@ -115,16 +124,9 @@ class FeedbackStore:
         if not records:
             return
 
-        placeholders = "(" + ", ".join("?" for _ in FEEDBACK_COLUMNS) + ")"
-        statement = (
-            f"INSERT INTO feedback ({', '.join(FEEDBACK_COLUMNS)}) VALUES "
-            + ", ".join(placeholders for _ in records)
-        )
-        parameters = [value for record in records for value in _row(record)]
-
         try:
             self._connection.execute("BEGIN TRANSACTION")
-            self._connection.execute(statement, parameters)
+            self._insert_rows(records)
             self._connection.execute("COMMIT")
         except duckdb.Error as error:
             self._rollback_quietly()
@@ -132,6 +134,108 @@ class FeedbackStore:
                 f"Failed to commit {len(records)} feedback rows to {self.path}: {error}. "
                 "Nothing of this batch was stored; the client may retry."
             ) from error
+
+    def _insert_rows(self, records: Sequence[FeedbackRecord]) -> None:
+        if not records:
+            return
+        placeholders = "(" + ", ".join("?" for _ in FEEDBACK_COLUMNS) + ")"
+        statement = (
+            f"INSERT INTO feedback ({', '.join(FEEDBACK_COLUMNS)}) VALUES "
+            + ", ".join(placeholders for _ in records)
+        )
+        self._connection.execute(statement, [value for record in records for value in _row(record)])
+
+    def commit_submissions(
+        self,
+        items: Sequence[tuple[FeedbackRecord, IdempotencyClaim | None]],
+        *,
+        now: datetime,
+        idempotency_window_s: float,
+    ) -> list[StoreOutcome]:
+        """Store a batch in one transaction, honouring each Idempotency-Key.
+
+        A key seen within the window returns the original row ("replayed") when the
+        submission matches and stores nothing ("conflict") when it differs; otherwise the row
+        and its key are stored ("created"). Two items of one batch with one key behave the
+        same way. Raises StoreUnavailable when the transaction fails, and then nothing is stored.
+        """
+        cutoff = now - timedelta(seconds=idempotency_window_s)
+        outcomes: list[StoreOutcome] = []
+        fresh: list[FeedbackRecord] = []
+        claimed_in_batch: dict[str, tuple[str, FeedbackRecord]] = {}
+
+        try:
+            self._connection.execute("BEGIN TRANSACTION")
+            for record, claim in items:
+                if claim is None:
+                    fresh.append(record)
+                    outcomes.append(StoreOutcome(status="created", record=record))
+                    continue
+
+                earlier = claimed_in_batch.get(claim.key) or self._claimed(claim.key, cutoff)
+                if earlier is not None:
+                    earlier_sha256, original = earlier
+                    status = "replayed" if earlier_sha256 == claim.body_sha256 else "conflict"
+                    outcomes.append(StoreOutcome(status=status, record=original if status == "replayed" else None))
+                    continue
+
+                self._connection.execute("DELETE FROM idempotency_keys WHERE idempotency_key = ?", [claim.key])
+                self._connection.execute(
+                    "INSERT INTO idempotency_keys (idempotency_key, body_sha256, feedback_id, created_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    [claim.key, claim.body_sha256, record.id, now],
+                )
+                claimed_in_batch[claim.key] = (claim.body_sha256, record)
+                fresh.append(record)
+                outcomes.append(StoreOutcome(status="created", record=record))
+
+            self._insert_rows(fresh)
+            self._connection.execute("COMMIT")
+        except duckdb.Error as error:
+            self._rollback_quietly()
+            raise StoreUnavailable(
+                f"Failed to commit {len(items)} feedback rows to {self.path}: {error}. "
+                "Nothing of this batch was stored; the client may retry."
+            ) from error
+
+        return outcomes
+
+    def find_claim(self, claim: IdempotencyClaim, *, now: datetime, idempotency_window_s: float) -> StoreOutcome | None:
+        """Return the outcome of an earlier use of this key within the window, or None."""
+        cutoff = now - timedelta(seconds=idempotency_window_s)
+        try:
+            earlier = self._claimed(claim.key, cutoff)
+        except duckdb.Error as error:
+            raise StoreError(f"Failed to look up an Idempotency-Key in {self.path}: {error}") from error
+
+        if earlier is None:
+            return None
+        earlier_sha256, original = earlier
+        if earlier_sha256 == claim.body_sha256:
+            return StoreOutcome(status="replayed", record=original)
+        return StoreOutcome(status="conflict")
+
+    def purge_idempotency_keys(self, *, older_than: datetime) -> int:
+        """Delete keys created before `older_than` and return how many were deleted."""
+        try:
+            deleted = self._connection.execute(
+                "DELETE FROM idempotency_keys WHERE created_at < ? RETURNING idempotency_key", [older_than]
+            ).fetchall()
+        except duckdb.Error as error:
+            raise StoreError(f"Failed to purge expired Idempotency-Keys in {self.path}: {error}") from error
+        return len(deleted)
+
+    def _claimed(self, key: str, cutoff: datetime) -> tuple[str, FeedbackRecord] | None:
+        row = self._connection.execute(
+            "SELECT body_sha256, feedback_id FROM idempotency_keys WHERE idempotency_key = ? AND created_at > ?",
+            [key, cutoff],
+        ).fetchone()
+        if row is None:
+            return None
+        original = self.get(row[1])
+        if original is None:
+            raise StoreError(f"Idempotency-Key points to feedback {row[1]}, which is missing from {self.path}.")
+        return row[0], original
 
     def _rollback_quietly(self) -> None:
         try:

@@ -8,9 +8,11 @@ from models.feedback import (
     FeedbackRecord,
     FeedbackSubmission,
     FieldError,
+    IdempotencyClaim,
     Sentiment,
     SentimentOut,
     StoredFeedback,
+    StoreOutcome,
     ValidationResult,
     validate_submission,
 )
@@ -23,9 +25,11 @@ __all__ = [
     "FeedbackRecord",
     "FeedbackSubmission",
     "FieldError",
+    "IdempotencyClaim",
     "Sentiment",
     "SentimentOut",
     "StoredFeedback",
+    "StoreOutcome",
     "ValidationResult",
     "validate_submission",
 ]

@@ -94,6 +94,13 @@ class ValidationResult(BaseModel):
     errors: list[FieldError] = Field(default_factory=list)
 
 
+class IdempotencyClaim(BaseModel):
+    """A client's Idempotency-Key with the fingerprint of the submission it was sent with."""
+
+    key: str = Field(description="The Idempotency-Key header, 1 to 255 printable ASCII characters.")
+    body_sha256: str = Field(description="SHA-256 of the validated submission as canonical JSON.")
+
+
 class AcceptedSubmission(BaseModel):
     """A valid submission with the id, time and request id that ingest gave it."""
 
@@ -101,6 +108,7 @@ class AcceptedSubmission(BaseModel):
     received_at: datetime = Field(description="When ingest accepted the request, in UTC.")
     request_id: str = Field(description="X-Request-ID from the gateway, or Serve's own id.")
     submission: FeedbackSubmission
+    idempotency: IdempotencyClaim | None = None
 
 
 class Sentiment(BaseModel):
@@ -124,6 +132,18 @@ class FeedbackRecord(BaseModel):
     sentiment_label: SentimentLabel
     sentiment_score: float
     model_version: str
+
+
+class StoreOutcome(BaseModel):
+    """What persistence did with one submission."""
+
+    status: Literal["created", "replayed", "conflict"] = Field(
+        description="created: stored now; replayed: the key was used before with the same "
+        "submission; conflict: the key was used before with a different one."
+    )
+    record: FeedbackRecord | None = Field(
+        default=None, description="The stored row: the new one, or the original for a replay."
+    )
 
 
 class SentimentOut(BaseModel):

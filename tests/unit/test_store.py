@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import duckdb
@@ -11,7 +11,7 @@ import pytest
 
 from feedbackbot.errors import StoreError, StoreUnavailable
 from feedbackbot.store import SCHEMA_VERSION, FeedbackStore
-from models.feedback import FeedbackRecord
+from models.feedback import FeedbackRecord, IdempotencyClaim
 
 
 def make_record(**changes: object) -> FeedbackRecord:
@@ -145,3 +145,102 @@ def test_received_at_stays_utc(store: FeedbackStore) -> None:
 
     assert stored.received_at.utcoffset().total_seconds() == 0
     assert stored.received_at == record.received_at
+
+
+NOW = datetime(2026, 12, 4, 12, 0, tzinfo=timezone.utc)
+DAY_S = 24 * 3600
+
+
+def claim(key: str, body: str = "a" * 64) -> IdempotencyClaim:
+    return IdempotencyClaim(key=key, body_sha256=body)
+
+
+def test_claim_created_then_replayed(store: FeedbackStore) -> None:
+    first = make_record()
+    retry = make_record()
+
+    created = store.commit_submissions([(first, claim("k1"))], now=NOW, idempotency_window_s=DAY_S)
+    replayed = store.commit_submissions([(retry, claim("k1"))], now=NOW, idempotency_window_s=DAY_S)
+
+    assert [outcome.status for outcome in created] == ["created"]
+    assert [outcome.status for outcome in replayed] == ["replayed"]
+    assert replayed[0].record == first
+    assert store.get(retry.id) is None
+    assert store.count() == 1
+
+
+def test_claim_other_body_conflicts(store: FeedbackStore) -> None:
+    store.commit_submissions([(make_record(), claim("k2"))], now=NOW, idempotency_window_s=DAY_S)
+    other = make_record()
+
+    outcomes = store.commit_submissions([(other, claim("k2", "b" * 64))], now=NOW, idempotency_window_s=DAY_S)
+
+    assert outcomes[0].status == "conflict"
+    assert outcomes[0].record is None
+    assert store.get(other.id) is None
+
+
+def test_same_key_twice_in_one_batch(store: FeedbackStore) -> None:
+    first, second, third = make_record(), make_record(), make_record()
+
+    outcomes = store.commit_submissions(
+        [(first, claim("k3")), (second, claim("k3")), (third, claim("k3", "c" * 64))],
+        now=NOW,
+        idempotency_window_s=DAY_S,
+    )
+
+    assert [outcome.status for outcome in outcomes] == ["created", "replayed", "conflict"]
+    assert outcomes[1].record == first
+    assert store.count() == 1
+
+
+def test_expired_claim_stores_again(store: FeedbackStore) -> None:
+    store.commit_submissions([(make_record(), claim("k4"))], now=NOW, idempotency_window_s=DAY_S)
+    later = make_record()
+
+    outcomes = store.commit_submissions(
+        [(later, claim("k4"))], now=NOW + timedelta(seconds=DAY_S + 1), idempotency_window_s=DAY_S
+    )
+
+    assert outcomes[0].status == "created"
+    assert store.count() == 2
+
+
+def test_find_claim_matches_commit(store: FeedbackStore) -> None:
+    original = make_record()
+    store.commit_submissions([(original, claim("k5"))], now=NOW, idempotency_window_s=DAY_S)
+
+    same = store.find_claim(claim("k5"), now=NOW, idempotency_window_s=DAY_S)
+    other = store.find_claim(claim("k5", "d" * 64), now=NOW, idempotency_window_s=DAY_S)
+    unknown = store.find_claim(claim("k6"), now=NOW, idempotency_window_s=DAY_S)
+
+    assert same.status == "replayed"
+    assert same.record == original
+    assert other.status == "conflict"
+    assert unknown is None
+
+
+def test_purge_removes_only_expired_keys(store: FeedbackStore) -> None:
+    store.commit_submissions([(make_record(), claim("old"))], now=NOW, idempotency_window_s=DAY_S)
+    store.commit_submissions(
+        [(make_record(), claim("new"))], now=NOW + timedelta(hours=2), idempotency_window_s=DAY_S
+    )
+
+    deleted = store.purge_idempotency_keys(older_than=NOW + timedelta(hours=1))
+
+    assert deleted == 1
+    assert store.find_claim(claim("new"), now=NOW + timedelta(hours=2), idempotency_window_s=DAY_S) is not None
+    assert store.count() == 2
+
+
+def test_failed_claim_batch_keeps_no_key(store: FeedbackStore) -> None:
+    existing = make_record()
+    store.insert_many([existing])
+
+    with pytest.raises(StoreUnavailable):
+        store.commit_submissions(
+            [(make_record(), claim("k7")), (make_record(id=existing.id), None)], now=NOW, idempotency_window_s=DAY_S
+        )
+
+    assert store.find_claim(claim("k7"), now=NOW, idempotency_window_s=DAY_S) is None
+    assert store.count() == 1
