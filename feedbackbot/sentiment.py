@@ -135,9 +135,9 @@ def _tokenize(tokenizer: Any, lock: threading.Lock, texts: list[str], max_length
     """Tokenize a batch into padded, truncated PyTorch tensors, one caller at a time.
 
     The enrichment deployment calls predict_positive from worker threads. Fast tokenizers
-    reset truncation and padding on their shared Rust object in every call, which raised
-    "RuntimeError: Already borrowed" under concurrent calls in huggingface/transformers
-    issue 47085. The lock costs little next to the encoder's forward pass.
+    reset truncation and padding on their shared Rust object in every call, so concurrent
+    calls can fail with "RuntimeError: Already borrowed" (huggingface/transformers issue
+    47085). The lock costs little next to the encoder's forward pass.
     """
     with lock:
         return tokenizer(
@@ -305,6 +305,9 @@ def save_head(head: torch.nn.Module, config: dict[str, Any], out_dir: Path) -> P
     weights_path = out_dir / HEAD_WEIGHTS_FILE
     tensors = {name: tensor.detach().contiguous().cpu() for name, tensor in head.state_dict().items()}
     save_file(tensors, str(weights_path))
+    # safetensors 0.8 creates the file with mode 0600. The head ships with the package,
+    # so it must be readable by whichever user runs the service.
+    weights_path.chmod(0o644)
     config_text = json.dumps({"format_version": HEAD_FORMAT_VERSION, **config}, indent=2) + "\n"
     (out_dir / HEAD_CONFIG_FILE).write_text(config_text, encoding="utf-8")
     return weights_path
