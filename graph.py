@@ -16,6 +16,7 @@ from deployments.ingest import Ingest
 from deployments.notification import Notification
 from deployments.persistence import Persistence
 from deployments.validation import Validation
+from feedbackbot.notify import NotificationPolicy, admin_target_id
 from feedbackbot.settings import AppSettings, load_settings
 
 
@@ -25,17 +26,17 @@ def build_app(args: dict[str, Any]) -> Application:
 
     customer_url = settings.customer_notify_url.get_secret_value() if settings.customer_notify_url else None
     admin_urls = [url.get_secret_value() for url in settings.admin_notify_urls]
+    policy = NotificationPolicy(
+        customer_enabled=customer_url is not None,
+        admin_target_ids=tuple(admin_target_id(url) for url in admin_urls),
+        alert_max_rating=settings.admin_alert_max_rating,
+    )
 
+    persistence = Persistence.bind(settings.db_path, settings.idempotency_window_s, policy)
     return Ingest.bind(
         Validation.bind(),
         Enrichment.bind(settings.sentiment_model, settings.torch_threads),
-        Persistence.bind(settings.db_path, settings.idempotency_window_s),
-        Notification.bind(
-            customer_url,
-            admin_urls,
-            settings.admin_alert_max_rating,
-            settings.notify_timeout_s,
-            settings.notify_queue_max,
-        ),
+        persistence,
+        Notification.bind(persistence, customer_url, admin_urls, settings.notify_settings()),
         settings.idempotency_window_s,
     )

@@ -11,10 +11,10 @@ import asyncio
 import logging
 import uuid
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Literal
 
 import ray.exceptions
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve.exceptions import BackPressureError
@@ -40,6 +40,7 @@ from models.feedback import (
     FeedbackRecord,
     FeedbackSubmission,
     IdempotencyClaim,
+    OutboxEntry,
     FieldError,
     SentimentOut,
     StoredFeedback,
@@ -56,9 +57,13 @@ HANDOVER_TIMEOUT_S = 10.0
 JSON_TYPE = "application/json"
 FORM_TYPE = "application/x-www-form-urlencoded"
 
+# No /docs page: FastAPI's Swagger UI loads its scripts from a CDN, which offline
+# deployments cannot reach. /openapi.json is served.
 api = FastAPI(
     title="feedbackbot",
     version="0.1.0",
+    docs_url=None,
+    redoc_url=None,
     description="Submit customer feedback and read it back. Every error has the shape "
     '`{"error": {"code", "message", "request_id", "fields"}}`.',
 )
@@ -155,7 +160,7 @@ class Ingest:
         logger.info(
             "Stored feedback %s (rating %d, sentiment %s)", record.id, record.rating, record.sentiment_label
         )
-        self._queue_notifications(record)
+        self._wake_sender(record)
         return created_response(record)
 
     def _answer_repeat(self, request: Request, outcome: StoreOutcome, claim: IdempotencyClaim) -> JSONResponse:
@@ -185,8 +190,17 @@ class Ingest:
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type == FORM_TYPE:
             form = await request.form()
-            return form_payload(form.multi_items()), True
-        if content_type not in (JSON_TYPE, ""):
+            payload, duplicates = form_payload(form.multi_items())
+            if duplicates:
+                fields = [
+                    FieldError(field=name, message=f"{name} appears more than once in the form; send it once.")
+                    for name in duplicates
+                ]
+                return error_response(
+                    request, 422, "validation_failed", "The form repeats fields.", fields=fields
+                )
+            return payload, True
+        if content_type != JSON_TYPE:
             return error_response(
                 request,
                 415,
@@ -206,23 +220,25 @@ class Ingest:
                 fields=[FieldError(field="body", message=message)],
             )
 
-    def _queue_notifications(self, record: FeedbackRecord) -> None:
-        task = asyncio.get_running_loop().create_task(self._notify(record))
+    def _wake_sender(self, record: FeedbackRecord | None = None) -> None:
+        """Ask a notification replica to look at the outbox now; its poll catches up otherwise."""
+        task = asyncio.get_running_loop().create_task(self._wake(record))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _notify(self, record: FeedbackRecord) -> None:
+    async def _wake(self, record: FeedbackRecord | None) -> None:
         try:
-            await self._notification.notify.remote(record)
+            await self._notification.wake.remote()
         except (BackPressureError, ray.exceptions.RayError) as error:
-            # TODO: a durable outbox written with the row would let these be sent later.
-            logger.error("Failed to queue notifications for feedback %s: %s", record.id, error_summary(error))
+            # The outbox row is committed, so the sender's next poll sends it anyway.
+            about = f"feedback {record.id}" if record else "a requeue"
+            logger.warning("Failed to wake the outbox sender after %s: %s", about, error_summary(error))
 
     async def __del__(self) -> None:
-        # Serve awaits this when it stops the replica; notifications still being handed
-        # over to the notification deployment get a bounded time to finish.
+        # Serve awaits this when it stops the replica; wake-up calls still in flight get a
+        # bounded time to finish.
         if self._background:
-            logger.info("Waiting for %d notification hand-over(s) before stopping", len(self._background))
+            logger.info("Waiting for %d outbox wake-up call(s) before stopping", len(self._background))
             await asyncio.wait(self._background, timeout=HANDOVER_TIMEOUT_S)
 
     @api.get(
@@ -248,6 +264,36 @@ class Ingest:
             model_version=record.model_version,
         )
         return JSONResponse(stored.model_dump(mode="json"))
+
+    @api.get(
+        "/v1/admin/outbox",
+        response_model=list[OutboxEntry],
+        responses=ERROR_RESPONSES,
+        summary="List outbox entries by status (admin key)",
+    )
+    async def list_outbox(
+        self,
+        request: Request,
+        status: Literal["pending", "sent", "dead"] = "dead",
+        limit: int = Query(default=100, ge=1, le=1000),
+    ) -> JSONResponse:
+        entries: list[OutboxEntry] = await self._persistence.list_outbox.remote(status, limit)
+        return JSONResponse([entry.model_dump(mode="json") for entry in entries])
+
+    @api.post(
+        "/v1/admin/outbox/{entry_id}/retry",
+        response_model=OutboxEntry,
+        responses=ERROR_RESPONSES,
+        summary="Queue a dead outbox entry again (admin key)",
+    )
+    async def retry_outbox_entry(self, entry_id: uuid.UUID, request: Request) -> JSONResponse:
+        entry: OutboxEntry | None = await self._persistence.requeue_notification.remote(entry_id)
+        if entry is None:
+            return error_response(
+                request, 404, "not_found", f"No dead outbox entry {entry_id}; list them with GET /v1/admin/outbox?status=dead."
+            )
+        self._wake_sender()
+        return JSONResponse(entry.model_dump(mode="json"))
 
     @api.get("/healthz", summary="Health of every deployment")
     async def healthz(self) -> JSONResponse:

@@ -1,191 +1,64 @@
-"""Notification deployment: customer confirmations and admin alerts through apprise.
+"""Notification deployment: delivers the outbox with apprise.
 
-`notify` only queues the messages and returns, so a slow or failing mail server never
-delays the 201 that ingest sends. A worker task in the replica sends the queue in order.
+Persistence writes the notifications that a feedback owes into the DuckDB outbox in the
+same transaction as the row. Each notification replica runs a sender that leases due
+entries from persistence, sends them, and reports each result back. A failed send is tried
+again with exponential backoff and jitter until `notify_max_attempts`, then the entry is
+`dead` with its last error. A target that fails `notify_circuit_failures` times in a row is
+skipped for `notify_circuit_open_s` (its entries wait without using up tries).
+
+Delivery is at least once: a replica that dies after a send but before reporting it leaves
+the entry to be sent again when its lease ends.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import apprise
+import ray.exceptions
 from ray import serve
+from ray.serve.handle import DeploymentHandle
 
+from feedbackbot.notify import CUSTOMER_TARGET, CircuitBreaker, admin_target_id, backoff_delay_s
 from feedbackbot.redact import mask_url
-from models.feedback import FeedbackRecord
+from feedbackbot.settings import NotifySettings
+from models.feedback import ClaimedNotification, DeliveryResult, FeedbackRecord
 
 logger = logging.getLogger("ray.serve")
 
+CLAIM_BATCH_SIZE = 32
 # Kept below the deployment's graceful_shutdown_timeout_s in serve_config.yaml.
-SHUTDOWN_DRAIN_TIMEOUT_S = 15.0
+SHUTDOWN_WAIT_S = 15.0
 
 
-@dataclass(frozen=True)
-class Message:
-    """One notification to send: the apprise URL, its kind and text."""
-
-    feedback_id: str
-    kind: str
-    url: str
-    title: str
-    body: str
+# The helpers below stay above the deployment class: Serve pickles the class by value when
+# the decorator runs, and names defined after it would be missing in the replica.
 
 
-@serve.deployment
-class Notification:
-    """Queues and sends the notifications that each stored feedback owes."""
+def _confirmation(record: FeedbackRecord) -> tuple[str, str]:
+    body = (
+        f"Hello {record.customer_name},\n\n"
+        f"thank you for your feedback. We stored it under the reference {record.id}.\n"
+        "Quote this reference if you contact us about it.\n"
+    )
+    return "We received your feedback", body
 
-    def __init__(
-        self,
-        customer_notify_url: str | None,
-        admin_notify_urls: list[str],
-        admin_alert_max_rating: int,
-        notify_timeout_s: float,
-        notify_queue_max: int,
-    ) -> None:
-        self._customer_url = customer_notify_url
-        self._admin_urls = list(admin_notify_urls)
-        self._alert_max_rating = admin_alert_max_rating
-        self._timeout_s = notify_timeout_s
-        self._queue: asyncio.Queue[Message] = asyncio.Queue(maxsize=notify_queue_max)
-        self._worker: asyncio.Task[None] | None = None
-        self.sent_count = 0
-        self.failed_count = 0
 
-        targets = [mask_url(url) for url in self._admin_urls]
-        logger.info(
-            "Notification targets: customer %s, admins %s",
-            mask_url(self._customer_url) if self._customer_url else "disabled",
-            targets or "none",
-        )
-
-    async def notify(self, record: FeedbackRecord) -> int:
-        """Queue the confirmation and any admin alert for one stored feedback.
-
-        Returns the number of messages queued. A full queue drops the messages and logs
-        them with the feedback id.
-        """
-        self._start_worker()
-        messages = self._messages_for(record)
-        for message in messages:
-            try:
-                self._queue.put_nowait(message)
-            except asyncio.QueueFull:
-                # TODO: a durable outbox in DuckDB would keep these across a full queue
-                # and a replica restart; until then they are dropped and logged.
-                logger.error(
-                    "Dropped %s notification for feedback %s: queue full (%d waiting)",
-                    message.kind,
-                    message.feedback_id,
-                    self._queue.qsize(),
-                )
-        return len(messages)
-
-    def _messages_for(self, record: FeedbackRecord) -> list[Message]:
-        feedback_id = str(record.id)
-        messages = []
-
-        if self._customer_url:
-            messages.append(
-                Message(
-                    feedback_id=feedback_id,
-                    kind="confirmation",
-                    url=_with_recipient(self._customer_url, record.customer_email),
-                    title="We received your feedback",
-                    body=(
-                        f"Hello {record.customer_name},\n\n"
-                        f"thank you for your feedback. We stored it under the reference {feedback_id}.\n"
-                        "Quote this reference if you contact us about it.\n"
-                    ),
-                )
-            )
-
-        if record.rating <= self._alert_max_rating or record.sentiment_label == "negative":
-            reason = f"rating {record.rating}" if record.rating <= self._alert_max_rating else "negative sentiment"
-            for url in self._admin_urls:
-                messages.append(
-                    Message(
-                        feedback_id=feedback_id,
-                        kind="admin_alert",
-                        url=url,
-                        title=f"Feedback alert ({reason}): {feedback_id}",
-                        body=(
-                            f"Feedback {feedback_id} needs attention ({reason}).\n"
-                            f"Rating: {record.rating}\n"
-                            f"Sentiment: {record.sentiment_label} (score {record.sentiment_score:.2f})\n"
-                            f"Customer: {record.customer_name} <{record.customer_email}>\n"
-                            f"Received: {record.received_at.isoformat()}\n\n"
-                            f"{record.feedback_text}\n"
-                        ),
-                    )
-                )
-        return messages
-
-    def _start_worker(self) -> None:
-        if self._worker is None or self._worker.done():
-            self._worker = asyncio.get_running_loop().create_task(self._send_forever())
-            logger.info("Started the notification sender")
-
-    async def _send_forever(self) -> None:
-        while True:
-            message = await self._queue.get()
-            try:
-                await self._send(message)
-            finally:
-                self._queue.task_done()
-
-    async def _send(self, message: Message) -> None:
-        sender = apprise.Apprise()
-        if not sender.add(message.url):
-            self.failed_count += 1
-            logger.error(
-                "Failed to send %s for feedback %s: apprise rejected the URL %s; fix the notify URL setting",
-                message.kind,
-                message.feedback_id,
-                mask_url(message.url),
-            )
-            return
-
-        result = await sender.async_notify(body=message.body, title=message.title, timeout=self._timeout_s)
-        if result:
-            self.sent_count += 1
-            logger.info("Sent %s for feedback %s to %s", message.kind, message.feedback_id, mask_url(message.url))
-        else:
-            # TODO: retries with backoff belong to a durable outbox; one failed try is final here.
-            self.failed_count += 1
-            logger.error(
-                "Failed to send %s for feedback %s to %s: apprise status %s",
-                message.kind,
-                message.feedback_id,
-                mask_url(message.url),
-                result.status.name,
-            )
-
-    async def __del__(self) -> None:
-        # Serve awaits this when it stops the replica: send what is queued, within a bound.
-        waiting = self._queue.qsize()
-        if waiting and self._worker is not None and not self._worker.done():
-            logger.info("Sending %d queued notification(s) before the replica stops", waiting)
-            try:
-                await asyncio.wait_for(self._queue.join(), SHUTDOWN_DRAIN_TIMEOUT_S)
-            except asyncio.TimeoutError:
-                logger.error(
-                    "Stopped with %d notification(s) unsent after %.0f s", self._queue.qsize(), SHUTDOWN_DRAIN_TIMEOUT_S
-                )
-        if self._worker is not None:
-            self._worker.cancel()
-        logger.info("Notification replica stopped: %d sent, %d failed", self.sent_count, self.failed_count)
-
-    def health(self) -> dict[str, object]:
-        return {
-            "status": "ok",
-            "queued": self._queue.qsize(),
-            "sent": self.sent_count,
-            "failed": self.failed_count,
-        }
+def _admin_alert(record: FeedbackRecord) -> tuple[str, str]:
+    reason = f"rating {record.rating}, {record.sentiment_label} sentiment"
+    body = (
+        f"Feedback {record.id} needs attention ({reason}).\n"
+        f"Rating: {record.rating}\n"
+        f"Sentiment: {record.sentiment_label} (score {record.sentiment_score:.2f})\n"
+        f"Customer: {record.customer_name} <{record.customer_email}>\n"
+        f"Received: {record.received_at.isoformat()}\n\n"
+        f"{record.feedback_text}\n"
+    )
+    return f"Feedback alert ({reason}): {record.id}", body
 
 
 def _with_recipient(url: str, address: str) -> str:
@@ -194,3 +67,160 @@ def _with_recipient(url: str, address: str) -> str:
     query = [(key, value) for key, value in parse_qsl(parts.query) if key != "to"]
     query.append(("to", address))
     return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def _as_plain_text(url: str) -> str:
+    """Return the apprise URL with format=text, so mail goes out as text/plain only."""
+    parts = urlsplit(url)
+    query = [(key, value) for key, value in parse_qsl(parts.query) if key != "format"]
+    query.append(("format", "text"))
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def _summary(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[-1] if text else type(error).__name__
+
+
+@serve.deployment
+class Notification:
+    """Runs one outbox sender and sends through apprise."""
+
+    async def __init__(
+        self,
+        persistence: DeploymentHandle,
+        customer_notify_url: str | None,
+        admin_notify_urls: list[str],
+        settings: NotifySettings,
+    ) -> None:
+        self._persistence = persistence
+        self._settings = settings
+        self._urls: dict[str, str] = {admin_target_id(url): url for url in admin_notify_urls}
+        if customer_notify_url:
+            self._urls[CUSTOMER_TARGET] = customer_notify_url
+        self._breaker = CircuitBreaker(settings.notify_circuit_failures, settings.notify_circuit_open_s)
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self.sent_count = 0
+        self.failed_count = 0
+
+        self._sender = asyncio.get_running_loop().create_task(self._send_forever())
+        targets = {target: mask_url(url) for target, url in self._urls.items()}
+        logger.info("Started the outbox sender; targets %s", targets or "none")
+
+    def wake(self) -> None:
+        """Look at the outbox now instead of at the next poll; ingest calls this after a commit."""
+        self._wake.set()
+
+    async def _send_forever(self) -> None:
+        while not self._stopping:
+            try:
+                claimed: list[ClaimedNotification] = await self._persistence.claim_notifications.remote(
+                    CLAIM_BATCH_SIZE, self._settings.notify_lease_s
+                )
+            except ray.exceptions.RayError as error:
+                logger.error("Failed to claim notifications, retrying after the poll interval: %s", _summary(error))
+                claimed = []
+
+            if claimed:
+                await self._deliver_batch(claimed)
+                continue
+
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self._settings.notify_poll_interval_s)
+            except asyncio.TimeoutError:
+                pass  # No wake-up came, so the loop polls on its own schedule.
+
+    async def _deliver_batch(self, claimed: list[ClaimedNotification]) -> None:
+        results = await asyncio.gather(*(self._deliver(item) for item in claimed))
+        try:
+            await self._persistence.finish_notifications.remote(list(results))
+        except ray.exceptions.RayError as error:
+            # The leases run out and the entries are sent again: at least once, not exactly once.
+            logger.error("Failed to record %d notification results: %s", len(results), _summary(error))
+
+    async def _deliver(self, item: ClaimedNotification) -> DeliveryResult:
+        entry, record = item.entry, item.record
+        now = datetime.now(timezone.utc)
+
+        url = self._urls.get(entry.target)
+        if url is None:
+            message = f"target {entry.target} is no longer configured"
+            logger.error("Outbox entry %s for feedback %s is dead: %s", entry.id, entry.feedback_id, message)
+            return DeliveryResult(entry_id=entry.id, outcome="dead", error=message)
+
+        wait_s = self._breaker.open_for_s(entry.target)
+        if wait_s > 0:
+            return DeliveryResult(
+                entry_id=entry.id,
+                outcome="deferred",
+                error=f"circuit of {entry.target} open",
+                next_attempt_at=now + timedelta(seconds=wait_s),
+            )
+
+        error = await self._send(entry.kind, url, record)
+        self._breaker.record(entry.target, error is None)
+        if error is None:
+            self.sent_count += 1
+            logger.info("Sent %s for feedback %s to %s", entry.kind, entry.feedback_id, entry.target)
+            return DeliveryResult(entry_id=entry.id, outcome="sent")
+
+        self.failed_count += 1
+        attempts = entry.attempts + 1
+        if attempts >= self._settings.notify_max_attempts:
+            logger.error(
+                "Failed to send %s for feedback %s to %s after %d tries, entry %s is dead: %s",
+                entry.kind, entry.feedback_id, entry.target, attempts, entry.id, error,
+            )  # fmt: skip
+            return DeliveryResult(entry_id=entry.id, outcome="dead", error=error)
+
+        delay_s = backoff_delay_s(
+            attempts, base_s=self._settings.notify_backoff_base_s, max_s=self._settings.notify_backoff_max_s
+        )
+        logger.warning(
+            "Failed to send %s for feedback %s to %s (try %d), retrying in %.1f s: %s",
+            entry.kind, entry.feedback_id, entry.target, attempts, delay_s, error,
+        )  # fmt: skip
+        return DeliveryResult(
+            entry_id=entry.id, outcome="retry", error=error, next_attempt_at=now + timedelta(seconds=delay_s)
+        )
+
+    async def _send(self, kind: str, url: str, record: FeedbackRecord) -> str | None:
+        """Send one message and return None, or the error as text."""
+        if kind == "confirmation":
+            url = _with_recipient(url, record.customer_email)
+            title, body = _confirmation(record)
+        else:
+            title, body = _admin_alert(record)
+
+        sender = apprise.Apprise()
+        if not sender.add(_as_plain_text(url)):
+            return f"apprise rejected the URL {mask_url(url)}; fix the notify URL setting"
+        # The body contains customer text, so it goes out as plain text: never as HTML that
+        # a mail client would render, and without apprise's markup conversion.
+        result = await sender.async_notify(
+            body=body, title=title, body_format=apprise.NotifyFormat.TEXT, timeout=self._settings.notify_timeout_s
+        )
+        return None if result else f"apprise status {result.status.name} from {mask_url(url)}"
+
+    async def health(self) -> dict[str, object]:
+        running = not self._sender.done()
+        return {
+            "status": "ok" if running else "failing",
+            "sender_running": running,
+            "sent": self.sent_count,
+            "failed": self.failed_count,
+        }
+
+    async def __del__(self) -> None:
+        # Serve awaits this when it stops the replica. The sender finishes the batch it holds,
+        # so that no sent message is left unrecorded, within a bound.
+        self._stopping = True
+        self._wake.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._sender), SHUTDOWN_WAIT_S)
+        except asyncio.TimeoutError:
+            self._sender.cancel()
+            logger.error("Stopped the outbox sender mid-batch; its leases expire and the entries are sent again")
+        logger.info("Notification replica stopped: %d sent, %d failed", self.sent_count, self.failed_count)

@@ -12,9 +12,20 @@ from uuid import UUID
 
 from ray import serve
 
+from feedbackbot.notify import NotificationPolicy
 from feedbackbot.settings import BatchSettings, load_settings, resolve_path
 from feedbackbot.store import FeedbackStore
-from models.feedback import AcceptedSubmission, FeedbackRecord, IdempotencyClaim, Sentiment, StoreOutcome
+from models.feedback import (
+    AcceptedSubmission,
+    ClaimedNotification,
+    DeliveryResult,
+    FeedbackRecord,
+    IdempotencyClaim,
+    OutboxEntry,
+    OwedNotification,
+    Sentiment,
+    StoreOutcome,
+)
 
 logger = logging.getLogger("ray.serve")
 
@@ -27,9 +38,10 @@ PURGE_INTERVAL_S = 600.0
 class Persistence:
     """Owns the DuckDB file. Runs as exactly one replica, because DuckDB allows one writer."""
 
-    def __init__(self, db_path: str, idempotency_window_s: float) -> None:
+    def __init__(self, db_path: str, idempotency_window_s: float, policy: NotificationPolicy) -> None:
         path = resolve_path(db_path)
         self._idempotency_window_s = idempotency_window_s
+        self._policy = policy
         self._next_purge = 0.0
         # One thread runs every DuckDB call, since a DuckDB connection must not be used
         # from two threads at once.
@@ -62,7 +74,7 @@ class Persistence:
             sentiment_score=sentiment.score,
             model_version=sentiment.model_version,
         )
-        return await self._commit_batch((record, accepted.idempotency))
+        return await self._commit_batch((record, accepted.idempotency, self._policy.owed(record)))
 
     async def find_claim(self, claim: IdempotencyClaim) -> StoreOutcome | None:
         """Return the outcome of an earlier use of this Idempotency-Key, or None."""
@@ -73,7 +85,7 @@ class Persistence:
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def _commit_batch(
-        self, items: list[tuple[FeedbackRecord, IdempotencyClaim | None]]
+        self, items: list[tuple[FeedbackRecord, IdempotencyClaim | None, list[OwedNotification]]]
     ) -> list[StoreOutcome]:
         now = datetime.now(timezone.utc)
         outcomes = await self._run(
@@ -93,13 +105,34 @@ class Persistence:
         if deleted:
             logger.info("Purged %d expired Idempotency-Key(s)", deleted)
 
+    async def claim_notifications(self, limit: int, lease_s: float) -> list[ClaimedNotification]:
+        """Lease due outbox entries to the calling sender."""
+        now = datetime.now(timezone.utc)
+        return await self._run(lambda: self._store.claim_notifications(now=now, limit=limit, lease_s=lease_s))
+
+    async def finish_notifications(self, results: list[DeliveryResult]) -> None:
+        """Record what a sender did with the entries it leased."""
+        now = datetime.now(timezone.utc)
+        await self._run(lambda: self._store.finish_notifications(results, now=now))
+
+    async def list_outbox(self, status: str, limit: int) -> list[OutboxEntry]:
+        return await self._run(lambda: self._store.list_outbox(status=status, limit=limit))
+
+    async def requeue_notification(self, entry_id: UUID) -> OutboxEntry | None:
+        now = datetime.now(timezone.utc)
+        entry = await self._run(lambda: self._store.requeue_notification(entry_id, now=now))
+        if entry is not None:
+            logger.info("Requeued dead outbox entry %s for feedback %s", entry.id, entry.feedback_id)
+        return entry
+
     async def get(self, feedback_id: UUID) -> FeedbackRecord | None:
         """Return one stored feedback, or None when the id is unknown."""
         return await self._run(self._store.get, feedback_id)
 
-    async def health(self) -> dict[str, str]:
+    async def health(self) -> dict[str, object]:
         await self._run(self._store.check_writable)
-        return {"status": "ok", "db_path": str(self._store.path)}
+        outbox = await self._run(self._store.outbox_counts)
+        return {"status": "ok", "db_path": str(self._store.path), "outbox": outbox}
 
     async def _run(self, function: Callable[..., ResultT], *args: Any) -> ResultT:
         loop = asyncio.get_running_loop()

@@ -38,6 +38,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     for status, description in {
         401: "Missing or unknown X-API-Key (from the gateway).",
         403: "The key's role may not call this route (from the gateway).",
+        404: "No such feedback, outbox entry or route.",
         413: "The body is larger than 64 KiB.",
         415: "The body is neither JSON nor an HTML form post.",
         409: "The Idempotency-Key was already used for a different submission.",
@@ -63,11 +64,19 @@ IDEMPOTENCY_KEY_PARAMETER = {
 
 def idempotency_claim(request: Request, submission: FeedbackSubmission) -> IdempotencyClaim | JSONResponse | None:
     """Return the request's Idempotency-Key claim, None without the header, or a 422 response."""
+    # TODO: scope keys per API key. The gateway forwards only the key's role, so two clients
+    # that pick the same key share it.
     key = request.headers.get(IDEMPOTENCY_HEADER)
     if key is None:
         return None
     if not IDEMPOTENCY_KEY_PATTERN.match(key):
-        message = f"{IDEMPOTENCY_HEADER} must be 1 to 255 printable ASCII characters without spaces; got {len(key)} characters."
+        if not key:
+            problem = "it is empty"
+        elif len(key) > 255:
+            problem = f"it has {len(key)} characters"
+        else:
+            problem = "it contains a space, a control character or a non-ASCII character"
+        message = f"{IDEMPOTENCY_HEADER} must be 1 to 255 printable ASCII characters without spaces, but {problem}."
         return error_response(
             request,
             422,
@@ -159,12 +168,15 @@ def parse_json_object(body: bytes) -> Any:
     return json.loads(body, object_pairs_hook=_reject_duplicate_keys, parse_constant=_reject_constant)
 
 
-def form_payload(items: list[tuple[str, Any]]) -> dict[str, Any]:
-    """Return the first value of each form field."""
+def form_payload(items: list[tuple[str, Any]]) -> tuple[dict[str, Any], list[str]]:
+    """Return the form's fields and the names that appear more than once."""
     payload: dict[str, Any] = {}
+    duplicates: list[str] = []
     for key, value in items:
+        if key in payload and key not in duplicates:
+            duplicates.append(key)
         payload.setdefault(key, value)
-    return payload
+    return payload, duplicates
 
 
 def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

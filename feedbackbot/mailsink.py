@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # aiosmtpd logs every SMTP command at INFO; one line per stored message is enough.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
     args.folder.mkdir(parents=True, exist_ok=True)
 
     controller = Controller(FolderHandler(args.folder), hostname=args.host, port=args.port)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -436,7 +435,6 @@ class Service:
         for member in leftovers:
             _kill_quietly(member, signal.SIGKILL)
         pid_file.unlink(missing_ok=True)
-        shutil.rmtree(self.config.ray_temp_dir, ignore_errors=True)
         detail = f", killed {len(leftovers)} that did not exit" if leftovers else ""
         self._say(f"Stopped Ray{detail}")
 

@@ -25,7 +25,41 @@ HOME_ENV = "FEEDBACKBOT_HOME"
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
-class AppSettings(BaseModel):
+class NotifySettings(BaseModel):
+    """How the outbox sender retries: time limits, backoff, circuit breaker."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    notify_timeout_s: float = Field(
+        default=10.0, gt=0, le=300, description="Time limit of one notification send, in seconds."
+    )
+    notify_max_attempts: int = Field(
+        default=8, ge=1, le=100, description="Tries of one notification before its outbox entry is dead."
+    )
+    notify_backoff_base_s: float = Field(
+        default=2.0, gt=0, description="Wait after the first failed try, in seconds; it doubles per try, with jitter."
+    )
+    notify_backoff_max_s: float = Field(
+        default=600.0, gt=0, description="Longest wait between two tries of one notification, in seconds."
+    )
+    notify_poll_interval_s: float = Field(
+        default=1.0, gt=0, le=60, description="How often an idle sender looks for due notifications, in seconds."
+    )
+    notify_lease_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="How long a sender holds the entries it took, in seconds; entries of a sender "
+        "that died are sent again after it. Keep it above notify_timeout_s.",
+    )
+    notify_circuit_failures: int = Field(
+        default=5, ge=1, description="Failures in a row after which a target is skipped for a while."
+    )
+    notify_circuit_open_s: float = Field(
+        default=60.0, gt=0, description="How long a failing target is skipped, in seconds."
+    )
+
+
+class AppSettings(NotifySettings):
     """Arguments of `graph:build_app`: where data lives, which model runs, where mail goes."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -62,14 +96,9 @@ class AppSettings(BaseModel):
     admin_alert_max_rating: int = Field(
         default=2, ge=1, le=5, description="Ratings at or below this value alert the admins."
     )
-    notify_timeout_s: float = Field(
-        default=10.0, gt=0, le=300, description="Time limit of one notification send, in seconds."
-    )
-    notify_queue_max: int = Field(
-        default=10_000,
-        ge=1,
-        description="Notifications waiting in one notification replica before new ones are dropped and logged.",
-    )
+    def notify_settings(self) -> NotifySettings:
+        """Return the sender's part of these settings."""
+        return NotifySettings(**{key: getattr(self, key) for key in NotifySettings.model_fields})
 
     def resolved_db_path(self) -> Path:
         """Return db_path as an absolute path."""

@@ -8,6 +8,7 @@ raised again as `StoreError`, chained, with the path and the next step to try.
 from __future__ import annotations
 
 import logging
+import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -16,7 +17,15 @@ from uuid import UUID
 import duckdb
 
 from feedbackbot.errors import StoreError, StoreUnavailable
-from models.feedback import FeedbackRecord, IdempotencyClaim, StoreOutcome
+from models.feedback import (
+    ClaimedNotification,
+    DeliveryResult,
+    FeedbackRecord,
+    IdempotencyClaim,
+    OutboxEntry,
+    OwedNotification,
+    StoreOutcome,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +64,33 @@ SCHEMA_STATEMENTS = (
         created_at TIMESTAMPTZ NOT NULL
     )
     """,
+    """
+    CREATE TABLE IF NOT EXISTS outbox (
+        id UUID PRIMARY KEY,
+        feedback_id UUID NOT NULL,
+        kind VARCHAR NOT NULL CHECK (kind IN ('confirmation', 'admin_alert')),
+        target VARCHAR NOT NULL,
+        status VARCHAR NOT NULL CHECK (status IN ('pending', 'sent', 'dead')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at TIMESTAMPTZ NOT NULL,
+        last_error VARCHAR,
+        created_at TIMESTAMPTZ NOT NULL,
+        sent_at TIMESTAMPTZ
+    )
+    """,
+)
+
+OUTBOX_COLUMNS = (
+    "id",
+    "feedback_id",
+    "kind",
+    "target",
+    "status",
+    "attempts",
+    "next_attempt_at",
+    "last_error",
+    "created_at",
+    "sent_at",
 )
 
 FEEDBACK_COLUMNS = (
@@ -96,8 +132,8 @@ class FeedbackStore:
             store._apply_schema()
         except duckdb.IOException as error:
             raise StoreUnavailable(
-                f"Failed to open the feedback database {path}: {error}. If another process holds "
-                "the file (a notebook, a second persistence replica), close it; read snapshots instead."
+                f"Failed to open the feedback database {path}: {error}. If another process has "
+                "the file open (a notebook, a second persistence replica), close that process first."
             ) from error
         except duckdb.Error as error:
             raise StoreError(f"Failed to prepare the feedback database {path}: {error}") from error
@@ -147,28 +183,31 @@ class FeedbackStore:
 
     def commit_submissions(
         self,
-        items: Sequence[tuple[FeedbackRecord, IdempotencyClaim | None]],
+        items: Sequence[tuple[FeedbackRecord, IdempotencyClaim | None, Sequence[OwedNotification]]],
         *,
         now: datetime,
         idempotency_window_s: float,
     ) -> list[StoreOutcome]:
-        """Store a batch in one transaction, honouring each Idempotency-Key.
+        """Store a batch in one transaction with its outbox entries, honouring each Idempotency-Key.
 
         A key seen within the window returns the original row ("replayed") when the
-        submission matches and stores nothing ("conflict") when it differs; otherwise the row
-        and its key are stored ("created"). Two items of one batch with one key behave the
-        same way. Raises StoreUnavailable when the transaction fails, and then nothing is stored.
+        submission matches and stores nothing ("conflict") when it differs. Otherwise the row,
+        its key and the notifications it owes are stored ("created"). Two items of one batch
+        with one key behave the same way. Raises StoreUnavailable when the transaction fails,
+        and then nothing is stored.
         """
         cutoff = now - timedelta(seconds=idempotency_window_s)
         outcomes: list[StoreOutcome] = []
         fresh: list[FeedbackRecord] = []
+        owed_rows: list[list[object]] = []
         claimed_in_batch: dict[str, tuple[str, FeedbackRecord]] = {}
 
         try:
             self._connection.execute("BEGIN TRANSACTION")
-            for record, claim in items:
+            for record, claim, owed in items:
                 if claim is None:
                     fresh.append(record)
+                    owed_rows.extend(_outbox_row(record, notification, now) for notification in owed)
                     outcomes.append(StoreOutcome(status="created", record=record))
                     continue
 
@@ -187,9 +226,16 @@ class FeedbackStore:
                 )
                 claimed_in_batch[claim.key] = (claim.body_sha256, record)
                 fresh.append(record)
+                owed_rows.extend(_outbox_row(record, notification, now) for notification in owed)
                 outcomes.append(StoreOutcome(status="created", record=record))
 
             self._insert_rows(fresh)
+            if owed_rows:
+                self._connection.executemany(
+                    "INSERT INTO outbox (id, feedback_id, kind, target, status, attempts, next_attempt_at, "
+                    "created_at) VALUES (?, ?, ?, ?, 'pending', 0, ?, ?)",
+                    owed_rows,
+                )
             self._connection.execute("COMMIT")
         except duckdb.Error as error:
             self._rollback_quietly()
@@ -224,6 +270,99 @@ class FeedbackStore:
         except duckdb.Error as error:
             raise StoreError(f"Failed to purge expired Idempotency-Keys in {self.path}: {error}") from error
         return len(deleted)
+
+    def claim_notifications(self, *, now: datetime, limit: int, lease_s: float) -> list[ClaimedNotification]:
+        """Lease up to `limit` due outbox entries to the caller and return them with their feedback.
+
+        A leased entry is not due again until `lease_s` has passed, so a sender that dies
+        mid-send leaves its entries to be tried again after the lease.
+        """
+        columns = ", ".join(OUTBOX_COLUMNS)
+        try:
+            self._connection.execute("BEGIN TRANSACTION")
+            rows = self._connection.execute(
+                f"UPDATE outbox SET next_attempt_at = ? WHERE id IN ("
+                "SELECT id FROM outbox WHERE status = 'pending' AND next_attempt_at <= ? "
+                f"ORDER BY next_attempt_at LIMIT ?) RETURNING {columns}",
+                [now + timedelta(seconds=lease_s), now, limit],
+            ).fetchall()
+            claimed = []
+            for row in rows:
+                entry = OutboxEntry(**dict(zip(OUTBOX_COLUMNS, row)))
+                record = self.get(entry.feedback_id)
+                if record is not None:
+                    claimed.append(ClaimedNotification(entry=entry, record=record))
+            self._connection.execute("COMMIT")
+        except duckdb.Error as error:
+            self._rollback_quietly()
+            raise StoreUnavailable(f"Failed to claim notifications in {self.path}: {error}") from error
+        return claimed
+
+    def finish_notifications(self, results: Sequence[DeliveryResult], *, now: datetime) -> None:
+        """Record what senders did with claimed entries, in one transaction."""
+        try:
+            self._connection.execute("BEGIN TRANSACTION")
+            for result in results:
+                if result.outcome == "sent":
+                    self._connection.execute(
+                        "UPDATE outbox SET status = 'sent', attempts = attempts + 1, sent_at = ?, "
+                        "last_error = NULL WHERE id = ? AND status = 'pending'",
+                        [now, result.entry_id],
+                    )
+                elif result.outcome == "dead":
+                    self._connection.execute(
+                        "UPDATE outbox SET status = 'dead', attempts = attempts + 1, last_error = ? "
+                        "WHERE id = ? AND status = 'pending'",
+                        [result.error, result.entry_id],
+                    )
+                elif result.outcome == "retry":
+                    self._connection.execute(
+                        "UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? "
+                        "WHERE id = ? AND status = 'pending'",
+                        [result.error, result.next_attempt_at, result.entry_id],
+                    )
+                else:
+                    self._connection.execute(
+                        "UPDATE outbox SET last_error = ?, next_attempt_at = ? WHERE id = ? AND status = 'pending'",
+                        [result.error, result.next_attempt_at, result.entry_id],
+                    )
+            self._connection.execute("COMMIT")
+        except duckdb.Error as error:
+            self._rollback_quietly()
+            raise StoreUnavailable(f"Failed to record {len(results)} notification results in {self.path}: {error}") from error
+
+    def list_outbox(self, *, status: str, limit: int) -> list[OutboxEntry]:
+        """Return up to `limit` outbox entries with this status, oldest first."""
+        try:
+            rows = self._connection.execute(
+                f"SELECT {', '.join(OUTBOX_COLUMNS)} FROM outbox WHERE status = ? ORDER BY created_at LIMIT ?",
+                [status, limit],
+            ).fetchall()
+        except duckdb.Error as error:
+            raise StoreError(f"Failed to list {status} outbox entries in {self.path}: {error}") from error
+        return [OutboxEntry(**dict(zip(OUTBOX_COLUMNS, row))) for row in rows]
+
+    def requeue_notification(self, entry_id: UUID, *, now: datetime) -> OutboxEntry | None:
+        """Make a dead entry pending again with a fresh count of tries; None when it is not dead."""
+        try:
+            row = self._connection.execute(
+                "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = ? "
+                f"WHERE id = ? AND status = 'dead' RETURNING {', '.join(OUTBOX_COLUMNS)}",
+                [now, entry_id],
+            ).fetchone()
+        except duckdb.Error as error:
+            raise StoreError(f"Failed to requeue outbox entry {entry_id} in {self.path}: {error}") from error
+        return OutboxEntry(**dict(zip(OUTBOX_COLUMNS, row))) if row else None
+
+    def outbox_counts(self) -> dict[str, int]:
+        """Return the number of outbox entries by status."""
+        try:
+            rows = self._connection.execute("SELECT status, count(*) FROM outbox GROUP BY status").fetchall()
+        except duckdb.Error as error:
+            raise StoreError(f"Failed to count outbox entries in {self.path}: {error}") from error
+        counts = {"pending": 0, "sent": 0, "dead": 0}
+        counts.update({status: count for status, count in rows})
+        return counts
 
     def _claimed(self, key: str, cutoff: datetime) -> tuple[str, FeedbackRecord] | None:
         row = self._connection.execute(
@@ -277,6 +416,10 @@ class FeedbackStore:
     def close(self) -> None:
         """Close the connection; later calls fail."""
         self._connection.close()
+
+
+def _outbox_row(record: FeedbackRecord, notification: OwedNotification, now: datetime) -> list[object]:
+    return [uuid.uuid4(), record.id, notification.kind, notification.target, now, now]
 
 
 def _row(record: FeedbackRecord) -> Iterable[object]:

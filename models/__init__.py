@@ -2,6 +2,8 @@
 
 from models.feedback import (
     AcceptedSubmission,
+    ClaimedNotification,
+    DeliveryResult,
     ErrorDetail,
     ErrorResponse,
     FeedbackCreated,
@@ -9,6 +11,8 @@ from models.feedback import (
     FeedbackSubmission,
     FieldError,
     IdempotencyClaim,
+    OutboxEntry,
+    OwedNotification,
     Sentiment,
     SentimentOut,
     StoredFeedback,
@@ -19,6 +23,8 @@ from models.feedback import (
 
 __all__ = [
     "AcceptedSubmission",
+    "ClaimedNotification",
+    "DeliveryResult",
     "ErrorDetail",
     "ErrorResponse",
     "FeedbackCreated",
@@ -26,6 +32,8 @@ __all__ = [
     "FeedbackSubmission",
     "FieldError",
     "IdempotencyClaim",
+    "OutboxEntry",
+    "OwedNotification",
     "Sentiment",
     "SentimentOut",
     "StoredFeedback",

@@ -134,6 +134,51 @@ class FeedbackRecord(BaseModel):
     model_version: str
 
 
+NotificationKind = Literal["confirmation", "admin_alert"]
+OutboxStatus = Literal["pending", "sent", "dead"]
+
+
+class OwedNotification(BaseModel):
+    """One notification that a stored feedback owes: its kind and target id."""
+
+    kind: NotificationKind
+    target: str = Field(description="'customer', or the id of an admin apprise URL.")
+
+
+class OutboxEntry(BaseModel):
+    """One row of the notification outbox."""
+
+    id: UUID
+    feedback_id: UUID
+    kind: NotificationKind
+    target: str
+    status: OutboxStatus = Field(description="pending until sent; dead after the last failed try.")
+    attempts: int = Field(description="Failed or finished tries so far.")
+    next_attempt_at: datetime = Field(description="Earliest time of the next try, in UTC.")
+    last_error: str | None = Field(default=None, description="Error of the last failed try.")
+    created_at: datetime
+    sent_at: datetime | None = None
+
+
+class ClaimedNotification(BaseModel):
+    """An outbox entry leased to one sender, with the feedback it is about."""
+
+    entry: OutboxEntry
+    record: FeedbackRecord
+
+
+class DeliveryResult(BaseModel):
+    """What a sender did with one claimed entry."""
+
+    entry_id: UUID
+    outcome: Literal["sent", "retry", "dead", "deferred"] = Field(
+        description="sent; retry later (a failed try); dead (the last try failed); deferred "
+        "(not tried because the target's circuit is open, so no try is counted)."
+    )
+    error: str | None = None
+    next_attempt_at: datetime | None = Field(default=None, description="For retry and deferred.")
+
+
 class StoreOutcome(BaseModel):
     """What persistence did with one submission."""
 
@@ -202,7 +247,7 @@ def validate_submission(payload: object, *, from_form: bool = False) -> Validati
     try:
         submission = FeedbackSubmission.model_validate(payload)
     except ValidationError as error:
-        return ValidationResult(errors=[_explain(item) for item in error.errors()])
+        return ValidationResult(errors=[_explain(item, from_form=from_form) for item in error.errors()])
 
     return ValidationResult(submission=submission)
 
@@ -215,7 +260,7 @@ def _coerce_form_values(payload: dict[str, Any]) -> dict[str, Any]:
     return coerced
 
 
-def _explain(item: dict[str, Any]) -> FieldError:
+def _explain(item: dict[str, Any], *, from_form: bool) -> FieldError:
     """Turn one pydantic error into a message a person can act on."""
     location = item.get("loc") or ("body",)
     field = str(location[0])
@@ -228,7 +273,7 @@ def _explain(item: dict[str, Any]) -> FieldError:
         allowed = ", ".join(SUBMISSION_FIELDS)
         return FieldError(field=field, message=f"Unknown field {field}; send only {allowed}.")
     if field == "rating":
-        return FieldError(field=field, message=_explain_rating(value))
+        return FieldError(field=field, message=_explain_rating(value, from_form=from_form))
     if kind in {"string_type", "string_sub_type"}:
         return FieldError(field=field, message=f"{field} must be a string; got {_describe(value)}.")
     if field == "customer_name" and kind == "string_too_short":
@@ -249,8 +294,10 @@ def _explain(item: dict[str, Any]) -> FieldError:
     return FieldError(field=field, message=f"{field} is invalid: {item['msg']}.")
 
 
-def _explain_rating(value: object) -> str:
+def _explain_rating(value: object, *, from_form: bool) -> str:
     expected = f"rating must be a whole number from {RATING_MIN} to {RATING_MAX}"
+    if from_form and isinstance(value, str):
+        return f"{expected}, written with digits only; got {_describe(value)}."
     if isinstance(value, bool) or value is None or isinstance(value, str):
         return f"{expected}, sent as a JSON number; got {_describe(value)}."
     if isinstance(value, float):

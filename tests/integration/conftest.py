@@ -34,6 +34,8 @@ TEST_PORTS = Ports(
     mail=22525,
 )
 MAIL_FROM = "feedback@feedbackbot.localhost"
+# Port 9 (discard) has no listener on 127.0.0.1, so every send to it fails at once.
+DEAD_TARGET_URL = "mailto://127.0.0.1:9?from=feedback@feedbackbot.localhost&to=nobody@feedbackbot.localhost"
 ADMIN_ADDRESS = "admin@feedbackbot.localhost"
 RATE_PER_KEY_RPS = 50
 RATE_BURST = 100
@@ -59,7 +61,6 @@ class Stack:
     graph_stopped: bool = False
     accepted: dict[str, dict[str, Any]] = field(default_factory=dict)
     rejected_markers: list[str] = field(default_factory=list)
-    unsent: set[str] = field(default_factory=set)
     mailed_once: set[str] = field(default_factory=set)
 
     def client(self, key: str | None = None, **kwargs: Any) -> httpx.Client:
@@ -112,8 +113,8 @@ class Stack:
 
 
 def mail_text(message: EmailMessage) -> str:
-    """Return the plain-text body; apprise sends multipart/alternative mail."""
-    return message.get_body(preferencelist=("plain",)).get_content()
+    """Return the plain-text body with LF line ends; SMTP carries CRLF."""
+    return message.get_body(preferencelist=("plain",)).get_content().replace("\r\n", "\n")
 
 
 def read_mail(folder: Path) -> list[EmailMessage]:
@@ -152,7 +153,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         ports=TEST_PORTS,
         app_args={
             "customer_notify_url": sink,
-            "admin_notify_urls": [f"{sink}&to={ADMIN_ADDRESS}"],
+            # The second admin target has no server behind it, so its entries end up dead.
+            "admin_notify_urls": [f"{sink}&to={ADMIN_ADDRESS}", DEAD_TARGET_URL],
+            "notify_max_attempts": 6,
+            "notify_backoff_base_s": 0.2,
+            "notify_backoff_max_s": 1.0,
+            # High enough that the dead target never opens its circuit here; the
+            # breaker itself is covered by unit tests.
+            "notify_circuit_failures": 100000,
+            "notify_circuit_open_s": 1.0,
         },
         rate_per_key_rps=RATE_PER_KEY_RPS,
         rate_burst=RATE_BURST,

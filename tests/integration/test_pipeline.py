@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import datetime
 
 import httpx
 import pytest
 
-from tests.integration.conftest import ADMIN_ADDRESS, Stack, mail_text, read_mail
+from feedbackbot.notify import admin_target_id
+from tests.integration.conftest import ADMIN_ADDRESS, DEAD_TARGET_URL, Stack, mail_text, read_mail
 
 pytestmark = pytest.mark.integration
 
@@ -288,7 +290,6 @@ def test_admin_alerts_exactly_as_owed(stack: Stack) -> None:
     # Submissions from the CLI test carry no sentiment label here, so they are left out.
     labelled = {feedback_id: payload for feedback_id, payload in stack.accepted.items() if "sentiment_label" in payload}
     alerted_ids &= set(labelled)
-    labelled = {feedback_id: payload for feedback_id, payload in labelled.items() if feedback_id not in stack.unsent}
     expected = {
         feedback_id
         for feedback_id, payload in labelled.items()
@@ -298,7 +299,7 @@ def test_admin_alerts_exactly_as_owed(stack: Stack) -> None:
     assert alerted_ids == expected
 
 
-def test_mail_outage_keeps_201(stack: Stack) -> None:
+def test_mail_outage_retried_from_outbox(stack: Stack) -> None:
     sink_pid_file = stack.service.config.run_dir / "mailsink.pid"
     stack.service._stop_pid_file(sink_pid_file, "mail sink")
     try:
@@ -315,8 +316,61 @@ def test_mail_outage_keeps_201(stack: Stack) -> None:
         stack.service._start_mail_sink()
 
     assert payload["customer_email"] not in failure
-    # The admin alert failed too, so this feedback owes no mail that can still arrive.
-    stack.unsent.add(feedback_id)
+    stack.wait_for_mail(
+        lambda mails: any(mail["To"] == payload["customer_email"] and feedback_id in mail_text(mail) for mail in mails)
+    )
+    stack.wait_for_mail(
+        lambda mails: any(mail["To"] == ADMIN_ADDRESS and feedback_id in mail["Subject"] for mail in mails)
+    )
+
+
+def test_dead_entry_listed_and_requeued(stack: Stack) -> None:
+    payload = submission(rating=1, feedback_text=unique_text("Nobody ever called me back."))
+    response = submit(stack, payload)
+    assert response.status_code == 201, response.text
+    feedback_id = response.json()["id"]
+    record_accepted(stack, response.json(), payload, response.headers["X-Request-ID"])
+    dead_target = admin_target_id(DEAD_TARGET_URL)
+
+    entry = wait_for_dead_entry(stack, feedback_id, dead_target)
+
+    assert entry["attempts"] == 6
+    assert entry["kind"] == "admin_alert"
+    assert "127.0.0.1:9" in entry["last_error"]
+    with stack.client(stack.keys.admin) as client:
+        requeued = client.post(f"/v1/admin/outbox/{entry['id']}/retry")
+        again = client.post(f"/v1/admin/outbox/{entry['id']}/retry")
+    assert requeued.status_code == 200, requeued.text
+    assert requeued.json()["status"] == "pending"
+    assert requeued.json()["attempts"] == 0
+    assert again.status_code in (200, 404)
+    assert wait_for_dead_entry(stack, feedback_id, dead_target)["id"] == entry["id"]
+
+
+def test_outbox_routes_need_admin(stack: Stack) -> None:
+    with stack.client(stack.keys.submit) as client:
+        listing = client.get("/v1/admin/outbox")
+    with stack.client(stack.keys.admin) as client:
+        unknown = client.post(f"/v1/admin/outbox/{uuid.uuid4()}/retry")
+        bad_status = client.get("/v1/admin/outbox", params={"status": "lost"})
+
+    assert listing.status_code == 403
+    assert unknown.status_code == 404
+    assert unknown.json()["error"]["code"] == "not_found"
+    assert bad_status.status_code == 422
+
+
+def wait_for_dead_entry(stack: Stack, feedback_id: str, target: str, timeout_s: float = 60.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    with stack.client(stack.keys.admin) as client:
+        while time.monotonic() < deadline:
+            listing = client.get("/v1/admin/outbox", params={"status": "dead", "limit": 1000})
+            assert listing.status_code == 200, listing.text
+            for entry in listing.json():
+                if entry["feedback_id"] == feedback_id and entry["target"] == target:
+                    return entry
+            time.sleep(0.3)
+    pytest.fail(f"No dead outbox entry for feedback {feedback_id} within {timeout_s} s")
 
 
 def test_dashboard_requires_ray_token(stack: Stack) -> None:
@@ -334,11 +388,71 @@ def test_dashboard_requires_ray_token(stack: Stack) -> None:
 
 
 @pytest.mark.after_shutdown
-def test_replayed_submissions_mailed_once(stack: Stack) -> None:
+def test_each_confirmation_mailed_once(stack: Stack) -> None:
     stack.stop_graph()
-    mails = read_mail(stack.mail_dir)
+    confirmations: dict[str, int] = {}
+    for mail in read_mail(stack.mail_dir):
+        if mail["Subject"] == "We received your feedback":
+            text = mail_text(mail)
+            feedback_id = text.split("under the reference ", 1)[1].split(".", 1)[0]
+            confirmations[feedback_id] = confirmations.get(feedback_id, 0) + 1
 
-    assert stack.mailed_once
-    for feedback_id in stack.mailed_once:
-        confirmations = [mail for mail in mails if mail["To"] != ADMIN_ADDRESS and feedback_id in mail_text(mail)]
-        assert len(confirmations) == 1, f"feedback {feedback_id} got {len(confirmations)} confirmations"
+    assert stack.mailed_once <= set(stack.accepted)
+    assert set(confirmations) == set(stack.accepted)
+    assert {count for count in confirmations.values()} == {1}
+
+
+@pytest.mark.after_shutdown
+def test_outbox_settled_for_live_targets(stack: Stack) -> None:
+    connection = stack.connect_db()
+    rows = connection.execute("SELECT target, status, count(*) FROM outbox GROUP BY ALL").fetchall()
+    connection.close()
+
+    dead_target = admin_target_id(DEAD_TARGET_URL)
+    unsettled = [(target, status, count) for target, status, count in rows if target != dead_target and status != "sent"]
+    assert unsettled == []
+    assert {status for target, status, _ in rows if target == dead_target} <= {"dead", "pending"}
+
+
+def test_markup_mailed_as_plain_text(stack: Stack) -> None:
+    payload = submission(
+        customer_name="<b>Eve</b>",
+        rating=1,
+        feedback_text=unique_text('<a href="http://evil.example/">click</a> <img src=x>\nsecond line'),
+    )
+    response = submit(stack, payload)
+    assert response.status_code == 201, response.text
+    feedback_id = response.json()["id"]
+    record_accepted(stack, response.json(), payload, response.headers["X-Request-ID"])
+
+    def is_alert(mail) -> bool:
+        return mail["To"] == ADMIN_ADDRESS and feedback_id in mail["Subject"]
+
+    messages = stack.wait_for_mail(lambda mails: any(is_alert(mail) for mail in mails))
+    alert = next(mail for mail in messages if is_alert(mail))
+
+    assert alert.get_content_type() == "text/plain"
+    text = mail_text(alert)
+    assert payload["feedback_text"] in text
+    assert f"Customer: <b>Eve</b> <{payload['customer_email']}>" in text
+    assert "Rating: 1\n" in text
+
+
+def test_missing_content_type_rejected(stack: Stack) -> None:
+    with stack.client(stack.keys.submit) as client:
+        response = client.post("/v1/feedback", content=b'{"rating": 5}')
+
+    assert response.status_code == 415
+    assert response.json()["error"]["code"] == "unsupported_media_type"
+
+
+def test_repeated_form_field_rejected(stack: Stack) -> None:
+    body = "customer_name=A&customer_name=B&customer_email=a%40example.com&feedback_text=hello+there+friend&rating=4"
+
+    with stack.client(stack.keys.submit) as client:
+        response = client.post(
+            "/v1/feedback", content=body, headers={"Content-Type": "application/x-www-form-urlencoded"}
+        )
+
+    assert response.status_code == 422, response.text
+    assert [item["field"] for item in response.json()["error"]["fields"]] == ["customer_name"]

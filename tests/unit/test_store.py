@@ -11,7 +11,7 @@ import pytest
 
 from feedbackbot.errors import StoreError, StoreUnavailable
 from feedbackbot.store import SCHEMA_VERSION, FeedbackStore
-from models.feedback import FeedbackRecord, IdempotencyClaim
+from models.feedback import DeliveryResult, FeedbackRecord, IdempotencyClaim, OwedNotification
 
 
 def make_record(**changes: object) -> FeedbackRecord:
@@ -159,8 +159,8 @@ def test_claim_created_then_replayed(store: FeedbackStore) -> None:
     first = make_record()
     retry = make_record()
 
-    created = store.commit_submissions([(first, claim("k1"))], now=NOW, idempotency_window_s=DAY_S)
-    replayed = store.commit_submissions([(retry, claim("k1"))], now=NOW, idempotency_window_s=DAY_S)
+    created = store.commit_submissions([(first, claim("k1"), [])], now=NOW, idempotency_window_s=DAY_S)
+    replayed = store.commit_submissions([(retry, claim("k1"), [])], now=NOW, idempotency_window_s=DAY_S)
 
     assert [outcome.status for outcome in created] == ["created"]
     assert [outcome.status for outcome in replayed] == ["replayed"]
@@ -170,10 +170,10 @@ def test_claim_created_then_replayed(store: FeedbackStore) -> None:
 
 
 def test_claim_other_body_conflicts(store: FeedbackStore) -> None:
-    store.commit_submissions([(make_record(), claim("k2"))], now=NOW, idempotency_window_s=DAY_S)
+    store.commit_submissions([(make_record(), claim("k2"), [])], now=NOW, idempotency_window_s=DAY_S)
     other = make_record()
 
-    outcomes = store.commit_submissions([(other, claim("k2", "b" * 64))], now=NOW, idempotency_window_s=DAY_S)
+    outcomes = store.commit_submissions([(other, claim("k2", "b" * 64), [])], now=NOW, idempotency_window_s=DAY_S)
 
     assert outcomes[0].status == "conflict"
     assert outcomes[0].record is None
@@ -184,7 +184,7 @@ def test_same_key_twice_in_one_batch(store: FeedbackStore) -> None:
     first, second, third = make_record(), make_record(), make_record()
 
     outcomes = store.commit_submissions(
-        [(first, claim("k3")), (second, claim("k3")), (third, claim("k3", "c" * 64))],
+        [(first, claim("k3"), []), (second, claim("k3"), []), (third, claim("k3", "c" * 64), [])],
         now=NOW,
         idempotency_window_s=DAY_S,
     )
@@ -195,11 +195,11 @@ def test_same_key_twice_in_one_batch(store: FeedbackStore) -> None:
 
 
 def test_expired_claim_stores_again(store: FeedbackStore) -> None:
-    store.commit_submissions([(make_record(), claim("k4"))], now=NOW, idempotency_window_s=DAY_S)
+    store.commit_submissions([(make_record(), claim("k4"), [])], now=NOW, idempotency_window_s=DAY_S)
     later = make_record()
 
     outcomes = store.commit_submissions(
-        [(later, claim("k4"))], now=NOW + timedelta(seconds=DAY_S + 1), idempotency_window_s=DAY_S
+        [(later, claim("k4"), [])], now=NOW + timedelta(seconds=DAY_S + 1), idempotency_window_s=DAY_S
     )
 
     assert outcomes[0].status == "created"
@@ -208,7 +208,7 @@ def test_expired_claim_stores_again(store: FeedbackStore) -> None:
 
 def test_find_claim_matches_commit(store: FeedbackStore) -> None:
     original = make_record()
-    store.commit_submissions([(original, claim("k5"))], now=NOW, idempotency_window_s=DAY_S)
+    store.commit_submissions([(original, claim("k5"), [])], now=NOW, idempotency_window_s=DAY_S)
 
     same = store.find_claim(claim("k5"), now=NOW, idempotency_window_s=DAY_S)
     other = store.find_claim(claim("k5", "d" * 64), now=NOW, idempotency_window_s=DAY_S)
@@ -221,9 +221,9 @@ def test_find_claim_matches_commit(store: FeedbackStore) -> None:
 
 
 def test_purge_removes_only_expired_keys(store: FeedbackStore) -> None:
-    store.commit_submissions([(make_record(), claim("old"))], now=NOW, idempotency_window_s=DAY_S)
+    store.commit_submissions([(make_record(), claim("old"), [])], now=NOW, idempotency_window_s=DAY_S)
     store.commit_submissions(
-        [(make_record(), claim("new"))], now=NOW + timedelta(hours=2), idempotency_window_s=DAY_S
+        [(make_record(), claim("new"), [])], now=NOW + timedelta(hours=2), idempotency_window_s=DAY_S
     )
 
     deleted = store.purge_idempotency_keys(older_than=NOW + timedelta(hours=1))
@@ -239,8 +239,100 @@ def test_failed_claim_batch_keeps_no_key(store: FeedbackStore) -> None:
 
     with pytest.raises(StoreUnavailable):
         store.commit_submissions(
-            [(make_record(), claim("k7")), (make_record(id=existing.id), None)], now=NOW, idempotency_window_s=DAY_S
+            [(make_record(), claim("k7"), []), (make_record(id=existing.id), None, [])], now=NOW, idempotency_window_s=DAY_S
         )
 
     assert store.find_claim(claim("k7"), now=NOW, idempotency_window_s=DAY_S) is None
     assert store.count() == 1
+
+
+def owe(*targets: str) -> list[OwedNotification]:
+    return [
+        OwedNotification(kind="confirmation" if target == "customer" else "admin_alert", target=target)
+        for target in targets
+    ]
+
+
+def test_outbox_written_with_row(store: FeedbackStore) -> None:
+    record = make_record()
+
+    store.commit_submissions([(record, None, owe("customer", "admin-1"))], now=NOW, idempotency_window_s=DAY_S)
+
+    pending = store.list_outbox(status="pending", limit=10)
+    assert sorted(entry.target for entry in pending) == ["admin-1", "customer"]
+    assert {entry.feedback_id for entry in pending} == {record.id}
+    assert {entry.attempts for entry in pending} == {0}
+
+
+def test_replay_writes_no_outbox(store: FeedbackStore) -> None:
+    store.commit_submissions([(make_record(), claim("o1"), owe("customer"))], now=NOW, idempotency_window_s=DAY_S)
+
+    store.commit_submissions([(make_record(), claim("o1"), owe("customer"))], now=NOW, idempotency_window_s=DAY_S)
+
+    assert store.outbox_counts() == {"pending": 1, "sent": 0, "dead": 0}
+
+
+def test_failed_batch_writes_no_outbox(store: FeedbackStore) -> None:
+    existing = make_record()
+    store.insert_many([existing])
+
+    with pytest.raises(StoreUnavailable):
+        store.commit_submissions(
+            [(make_record(), None, owe("customer")), (make_record(id=existing.id), None, owe("customer"))],
+            now=NOW,
+            idempotency_window_s=DAY_S,
+        )
+
+    assert store.outbox_counts() == {"pending": 0, "sent": 0, "dead": 0}
+
+
+def test_claim_leases_entries(store: FeedbackStore) -> None:
+    record = make_record()
+    store.commit_submissions([(record, None, owe("customer"))], now=NOW, idempotency_window_s=DAY_S)
+
+    first = store.claim_notifications(now=NOW, limit=10, lease_s=60)
+    during_lease = store.claim_notifications(now=NOW + timedelta(seconds=30), limit=10, lease_s=60)
+    after_lease = store.claim_notifications(now=NOW + timedelta(seconds=61), limit=10, lease_s=60)
+
+    assert [claimed.record for claimed in first] == [record]
+    assert during_lease == []
+    assert [claimed.entry.id for claimed in after_lease] == [first[0].entry.id]
+
+
+def test_finish_records_each_outcome(store: FeedbackStore) -> None:
+    store.commit_submissions(
+        [(make_record(), None, owe("customer", "a", "b", "c"))], now=NOW, idempotency_window_s=DAY_S
+    )
+    entries = {claimed.entry.target: claimed.entry for claimed in store.claim_notifications(now=NOW, limit=10, lease_s=60)}
+    later = NOW + timedelta(seconds=5)
+
+    store.finish_notifications(
+        [
+            DeliveryResult(entry_id=entries["customer"].id, outcome="sent"),
+            DeliveryResult(entry_id=entries["a"].id, outcome="retry", error="refused", next_attempt_at=later),
+            DeliveryResult(entry_id=entries["b"].id, outcome="dead", error="refused 8 times"),
+            DeliveryResult(entry_id=entries["c"].id, outcome="deferred", error="circuit open", next_attempt_at=later),
+        ],
+        now=NOW,
+    )
+
+    assert store.outbox_counts() == {"pending": 2, "sent": 1, "dead": 1}
+    pending = {entry.target: entry for entry in store.list_outbox(status="pending", limit=10)}
+    assert pending["a"].attempts == 1
+    assert pending["a"].last_error == "refused"
+    assert pending["c"].attempts == 0
+    dead = store.list_outbox(status="dead", limit=10)
+    assert [(entry.target, entry.last_error) for entry in dead] == [("b", "refused 8 times")]
+
+
+def test_requeue_only_dead_entries(store: FeedbackStore) -> None:
+    store.commit_submissions([(make_record(), None, owe("customer", "a"))], now=NOW, idempotency_window_s=DAY_S)
+    entries = {claimed.entry.target: claimed.entry for claimed in store.claim_notifications(now=NOW, limit=10, lease_s=60)}
+    store.finish_notifications([DeliveryResult(entry_id=entries["a"].id, outcome="dead", error="gone")], now=NOW)
+
+    requeued = store.requeue_notification(entries["a"].id, now=NOW)
+    not_dead = store.requeue_notification(entries["customer"].id, now=NOW)
+
+    assert requeued.status == "pending"
+    assert requeued.attempts == 0
+    assert not_dead is None
