@@ -177,7 +177,7 @@ class Service:
         if self.config.demo_keys_file.exists() and self.config.keys_file.exists():
             return self.read_demo_keys()
 
-        keys = DemoKeys(submit=secrets.token_urlsafe(24), admin=secrets.token_urlsafe(24))
+        keys = DemoKeys(submit=new_api_key(), admin=new_api_key())
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
         _write_private(
             self.config.keys_file,
@@ -463,6 +463,15 @@ class Service:
         except (FileNotFoundError, ValueError):
             return None
         return pid if _is_alive(pid) else None
+
+
+def new_api_key() -> str:
+    """Return a new random API key.
+
+    The prefix makes keys easy to spot in leaked text, and keeps a key from starting with
+    "-", which command-line parsers would take for an option.
+    """
+    return "fbk_" + secrets.token_urlsafe(24)
 
 
 def _write_private(path: Path, text: str) -> None:

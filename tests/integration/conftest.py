@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import email
 import email.policy
-import secrets
 import time
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -21,7 +20,7 @@ import duckdb
 import httpx
 import pytest
 
-from feedbackbot.service import Ports, Service, ServiceConfig, _is_alive, _process_tree
+from feedbackbot.service import Ports, Service, ServiceConfig, _is_alive, _process_tree, new_api_key
 
 # Outside Ray's worker port range (10002-19999) and away from `make run`'s defaults.
 TEST_PORTS = Ports(
@@ -46,6 +45,7 @@ class Keys:
     submit: str
     admin: str
     rate_limited: str = field(repr=False)
+    chaos: str = field(repr=False)
 
 
 @dataclass
@@ -62,6 +62,7 @@ class Stack:
     accepted: dict[str, dict[str, Any]] = field(default_factory=dict)
     rejected_markers: list[str] = field(default_factory=list)
     mailed_once: set[str] = field(default_factory=set)
+    chaos_ids: set[str] = field(default_factory=set)
 
     def client(self, key: str | None = None, **kwargs: Any) -> httpx.Client:
         headers = {"X-API-Key": key} if key else {}
@@ -136,12 +137,13 @@ def pytest_configure(config: pytest.Config) -> None:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     data_dir = tmp_path_factory.mktemp("feedbackbot-data")
     keys = Keys(
-        submit=secrets.token_urlsafe(24),
-        admin=secrets.token_urlsafe(24),
-        rate_limited=secrets.token_urlsafe(24),
+        submit=new_api_key(),
+        admin=new_api_key(),
+        rate_limited=new_api_key(),
+        chaos=new_api_key(),
     )
     (data_dir / "api-keys.txt").write_text(
-        f"submit {keys.submit}\nadmin {keys.admin}\nsubmit {keys.rate_limited}\n"
+        f"submit {keys.submit}\nadmin {keys.admin}\nsubmit {keys.rate_limited}\nsubmit {keys.chaos}\n"
     )
     (data_dir / "demo-keys.env").write_text(
         f"FEEDBACKBOT_SUBMIT_KEY={keys.submit}\nFEEDBACKBOT_ADMIN_KEY={keys.admin}\n"
@@ -162,6 +164,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             # breaker itself is covered by unit tests.
             "notify_circuit_failures": 100000,
             "notify_circuit_open_s": 1.0,
+            # Entries leased by a killed notification replica are sent again after this.
+            "notify_lease_s": 15.0,
         },
         rate_per_key_rps=RATE_PER_KEY_RPS,
         rate_burst=RATE_BURST,

@@ -24,7 +24,7 @@ def test_sample_set_submitted(stack: Stack, tmp_path: Path, capsys: pytest.Captu
     output = tmp_path / "results.jsonl"
 
     exit_code = main(
-        ["submit", str(SAMPLES), "--url", stack.url, "--api-key", stack.keys.submit, "--output", str(output)]
+        ["submit", str(SAMPLES), "--url", stack.url, f"--api-key={stack.keys.submit}", "--output", str(output)]
     )
 
     summary = capsys.readouterr().out

@@ -388,7 +388,7 @@ def test_dashboard_requires_ray_token(stack: Stack) -> None:
 
 
 @pytest.mark.after_shutdown
-def test_each_confirmation_mailed_once(stack: Stack) -> None:
+def test_each_confirmation_mailed_once(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
     stack.stop_graph()
     confirmations: dict[str, int] = {}
     for mail in read_mail(stack.mail_dir):
@@ -397,9 +397,14 @@ def test_each_confirmation_mailed_once(stack: Stack) -> None:
             feedback_id = text.split("under the reference ", 1)[1].split(".", 1)[0]
             confirmations[feedback_id] = confirmations.get(feedback_id, 0) + 1
 
+    # Delivery is at least once: a notification replica killed between a send and its
+    # record sends that entry again, so only the replica-kill run may show repeats.
+    repeated = {feedback_id: count for feedback_id, count in confirmations.items() if count > 1}
+    with capsys.disabled():
+        print(f"\nconfirmations: {len(confirmations)} feedback, {len(repeated)} mailed more than once")
     assert stack.mailed_once <= set(stack.accepted)
     assert set(confirmations) == set(stack.accepted)
-    assert {count for count in confirmations.values()} == {1}
+    assert set(repeated) <= stack.chaos_ids
 
 
 @pytest.mark.after_shutdown
