@@ -1,7 +1,8 @@
 """Replica kills under load: nothing acknowledged is lost or stored twice.
 
 A bounded load of submissions, each with its own Idempotency-Key, goes through the gateway
-while a thread kills one replica of every deployment in turn with `ray.kill`. The client
+while a thread disrupts the service: it kills one replica of every deployment in turn with
+`ray.kill`, or restarts the whole Serve application. The client
 retries 429, 503 and connection errors with the same key, as a real client would, until it
 gets a definite response. Afterwards every submission must have exactly one row, and the
 checks that run after shutdown compare the DuckDB file and the mail sink with what the
@@ -97,17 +98,20 @@ async def submit_until_answered(client: httpx.AsyncClient, payload: dict, key: s
     pytest.fail(f"Key {key} got no definite answer within {CLIENT_DEADLINE_S} s")
 
 
-def test_replica_kills_lose_nothing(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
-    report = LoadReport()
-    payloads = {
-        f"chaos-{uuid.uuid4()}": {
-            "customer_name": f"Chaos Client {index}",
-            "customer_email": f"chaos.{index}@example.com",
-            "feedback_text": f"Submission {index} of the replica-kill run; the parcel was fine.",
+def make_payloads(run: str, count: int) -> dict[str, dict]:
+    return {
+        f"{run}-{uuid.uuid4()}": {
+            "customer_name": f"{run} client {index}",
+            "customer_email": f"{run}.{index}@example.com",
+            "feedback_text": f"Submission {index} of the {run} run; the parcel was fine.",
             "rating": 1 + index % 5,
         }
-        for index in range(SUBMISSIONS)
+        for index in range(count)
     }
+
+
+def run_load_during(stack: Stack, payloads: dict[str, dict], disruption, report: LoadReport) -> None:
+    """Send every payload until answered while `disruption(stop)` runs in a thread."""
 
     async def run_load() -> None:
         semaphore = asyncio.Semaphore(CONCURRENCY)
@@ -123,24 +127,36 @@ def test_replica_kills_lose_nothing(stack: Stack, capsys: pytest.CaptureFixture[
             await asyncio.gather(*(one(key, payload) for key, payload in payloads.items()))
 
     stop = threading.Event()
-    killer = threading.Thread(target=kill_replicas, args=(stack, report, stop), daemon=True)
-    killer.start()
+    errors: list[BaseException] = []
+
+    def guarded() -> None:
+        try:
+            disruption(stop)
+        except BaseException as error:  # noqa: BLE001 - re-raised in the test thread below
+            errors.append(error)
+
+    thread = threading.Thread(target=guarded, daemon=True)
+    thread.start()
     try:
         asyncio.run(run_load())
     finally:
         stop.set()
-        killer.join(timeout=300)
+        thread.join(timeout=300)
+    if errors:
+        raise errors[0]
 
+
+def check_stored_once(stack: Stack, run: str, payloads: dict[str, dict], report: LoadReport, capsys) -> None:
+    """Assert every payload was acknowledged with its own id, stored, and later confirmed by mail."""
     ids = list(report.acknowledged.values())
     with capsys.disabled():
         print(
-            f"\nchaos: sent {report.sent}, acknowledged {len(ids)}, distinct ids {len(set(ids))}, "
+            f"\n{run}: sent {report.sent}, acknowledged {len(ids)}, distinct ids {len(set(ids))}, "
             f"retries {report.retries}, connection errors {report.connection_errors}, "
             f"statuses {dict(sorted(report.statuses.items()))}, killed {report.killed}"
         )
-    assert len(report.killed) == len(KILL_ORDER), f"killed only {report.killed}"
-    assert len(report.acknowledged) == SUBMISSIONS
-    assert len(set(ids)) == SUBMISSIONS
+    assert len(report.acknowledged) == len(payloads)
+    assert len(set(ids)) == len(payloads)
 
     with stack.client(stack.keys.admin) as client:
         for key, feedback_id in report.acknowledged.items():
@@ -149,13 +165,38 @@ def test_replica_kills_lose_nothing(stack: Stack, capsys: pytest.CaptureFixture[
             assert stored.json()["customer_name"] == payloads[key]["customer_name"]
 
     for key, feedback_id in report.acknowledged.items():
-        payload = payloads[key]
-        stack.accepted[feedback_id] = {**payload, "request_id": None}
+        stack.accepted[feedback_id] = {**payloads[key], "request_id": None}
         stack.chaos_ids.add(feedback_id)
 
-    # Entries that the killed notification replica had leased are sent after their lease.
     expected = set(ids)
     stack.wait_for_mail(lambda mails: expected <= confirmed_ids(mails), timeout_s=180.0)
+
+
+def test_replica_kills_lose_nothing(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
+    report = LoadReport()
+    payloads = make_payloads("replica-kill", SUBMISSIONS)
+
+    run_load_during(stack, payloads, lambda stop: kill_replicas(stack, report, stop), report)
+
+    assert len(report.killed) == len(KILL_ORDER), f"killed only {report.killed}"
+    check_stored_once(stack, "replica-kill", payloads, report, capsys)
+
+
+def test_app_restart_under_load(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
+    report = LoadReport()
+    payloads = make_payloads("app-restart", SUBMISSIONS // 2)
+
+    def restart_application(stop: threading.Event) -> None:
+        if stop.wait(3.0):
+            return
+        stack.stop_graph()
+        stack.service._deploy_graph()
+        stack.graph_stopped = False
+
+    run_load_during(stack, payloads, restart_application, report)
+
+    assert report.statuses.get(503, 0) > 0, "the restart produced no 503, so it did not overlap the load"
+    check_stored_once(stack, "app-restart", payloads, report, capsys)
 
 
 def confirmed_ids(mails) -> set[str]:
