@@ -1,12 +1,12 @@
-"""Replica kills under load: nothing acknowledged is lost or stored twice.
+"""Replica kills and an application restart under load: nothing acknowledged is lost or stored twice.
 
 A bounded load of submissions, each with its own Idempotency-Key, goes through the gateway
 while a thread disrupts the service: it kills one replica of every deployment in turn with
-`ray.kill`, or restarts the whole Serve application. The client
-retries 429, 503 and connection errors with the same key, as a real client would, until it
-gets a definite response. Afterwards every submission must have exactly one row, and the
-checks that run after shutdown compare the DuckDB file and the mail sink with what the
-clients were told.
+`ray.kill`, or restarts the whole Serve application. The client retries 429, 503 and
+connection errors with the same key, as a real client would, until it gets a definite
+response. Afterwards every submission must have exactly one row, and the
+checks that run after shutdown compare the DuckDB file and the mail sink with the responses
+that the clients got.
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def make_payloads(run: str, count: int) -> dict[str, dict]:
 
 
 def run_load_during(stack: Stack, payloads: dict[str, dict], disruption, report: LoadReport) -> None:
-    """Send every payload until answered while `disruption(stop)` runs in a thread."""
+    """Send every payload until it gets a definite response, while `disruption(stop)` runs in a thread."""
 
     async def run_load() -> None:
         semaphore = asyncio.Semaphore(CONCURRENCY)
