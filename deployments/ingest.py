@@ -3,7 +3,7 @@
 `POST /v1/feedback` returns 201 only after the row is committed in DuckDB. The request goes
 validation -> enrichment -> persistence through deployment handles, and the sentiment
 response is passed straight into the persistence call so that Serve chains the two.
-Notifications are queued after the commit and never delay or fail the answer.
+Notifications are queued after the commit and never delay or fail the response.
 """
 
 
@@ -129,6 +129,8 @@ class Ingest:
 
         try:
             if claim is not None:
+                # A retry gets its response here without running the model. The commit checks the
+                # key again, which covers repeats that arrive at the same time.
                 earlier: StoreOutcome | None = await self._persistence.find_claim.remote(claim)
                 if earlier is not None:
                     return self._answer_repeat(request, earlier, claim)
@@ -164,7 +166,7 @@ class Ingest:
         return created_response(record)
 
     def _answer_repeat(self, request: Request, outcome: StoreOutcome, claim: IdempotencyClaim) -> JSONResponse:
-        """Answer a repeated Idempotency-Key: the original 201, or 409 for another submission."""
+        """Return the response to a repeated Idempotency-Key: the original 201, or 409 for another submission."""
         if outcome.status == "replayed":
             logger.info("Replayed feedback %s for a repeated Idempotency-Key", outcome.record.id)
             return created_response(outcome.record, replayed=True)

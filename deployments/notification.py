@@ -137,7 +137,7 @@ class Notification:
         try:
             await self._persistence.finish_notifications.remote(list(results))
         except ray.exceptions.RayError as error:
-            # The leases run out and the entries are sent again: at least once, not exactly once.
+            # NOTE: the leases run out and these entries are sent again, so delivery is at least once.
             logger.error("Failed to record %d notification results: %s", len(results), _summary(error))
 
     async def _deliver(self, item: ClaimedNotification) -> DeliveryResult:

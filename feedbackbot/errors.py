@@ -4,7 +4,7 @@
     ├── SettingsError          a setting has the wrong type or value
     ├── ServiceError           the local service (Ray, Nginx, mail sink) failed to start or stop
     ├── StoreError             DuckDB failed to open, write or read the feedback database
-    │   └── StoreUnavailable   the writer cannot commit right now; the client may retry
+    │   └── StoreUnavailable   the writer cannot commit right now, so the client may retry
     └── EnrichmentError        the sentiment model failed on a batch
 
 Every message states what was attempted, the offending value and the next step to try.

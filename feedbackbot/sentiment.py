@@ -136,8 +136,8 @@ def _tokenize(tokenizer: Any, lock: threading.Lock, texts: list[str], max_length
 
     The enrichment deployment calls predict_positive from worker threads. Fast tokenizers
     reset truncation and padding on their shared Rust object in every call, so concurrent
-    calls can fail with "RuntimeError: Already borrowed" (huggingface/transformers issue
-    47085). The lock costs little next to the encoder's forward pass.
+    calls can fail with "RuntimeError: Already borrowed", as reported upstream for
+    transformers; it was not reproduced with the pinned versions. The lock costs little next to the encoder's forward pass.
     """
     with lock:
         return tokenizer(

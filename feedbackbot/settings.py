@@ -1,6 +1,6 @@
 """Settings of the feedback graph, validated once when the application is built.
 
-`AppSettings` holds the arguments of the application builder `graph:build_app`, set under
+`AppSettings` contains the arguments of the application builder `graph:build_app`, set under
 `applications[].args` in serve_config.yaml. Environment variables named `FEEDBACKBOT_` plus
 the upper-case key override them, so secrets such as SMTP passwords stay out of the file.
 `BatchSettings` and `EnrichmentSettings` are each deployment's `user_config`, which Serve
@@ -26,7 +26,7 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 class NotifySettings(BaseModel):
-    """How the outbox sender retries: time limits, backoff, circuit breaker."""
+    """Retry policy of the outbox sender: time limits, backoff and circuit breaker."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -40,7 +40,7 @@ class NotifySettings(BaseModel):
         default=2.0, gt=0, description="Wait after the first failed try, in seconds; it doubles per try, with jitter."
     )
     notify_backoff_max_s: float = Field(
-        default=600.0, gt=0, description="Longest wait between two tries of one notification, in seconds."
+        default=600.0, gt=0, description="Maximum wait between two tries of one notification, in seconds."
     )
     notify_poll_interval_s: float = Field(
         default=1.0, gt=0, le=60, description="How often an idle sender looks for due notifications, in seconds."
@@ -48,8 +48,8 @@ class NotifySettings(BaseModel):
     notify_lease_s: float = Field(
         default=120.0,
         gt=0,
-        description="How long a sender holds the entries it took, in seconds; entries of a sender "
-        "that died are sent again after it. Keep it above notify_timeout_s.",
+        description="Lease time of the entries a sender claims, in seconds. Entries of a sender "
+        "that died are sent again after it, so keep it above notify_timeout_s.",
     )
     notify_circuit_failures: int = Field(
         default=5, ge=1, description="Failures in a row after which a target is skipped for a while."
@@ -111,10 +111,10 @@ class BatchSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     max_batch_size: int = Field(
-        default=16, ge=1, le=1024, description="Most calls that one batch handles."
+        default=16, ge=1, le=1024, description="Maximum number of calls in one batch."
     )
     batch_wait_timeout_s: float = Field(
-        default=0.01, ge=0, le=5, description="Longest wait for a batch to fill, in seconds."
+        default=0.01, ge=0, le=5, description="Maximum wait for a batch to fill, in seconds."
     )
 
 

@@ -373,7 +373,10 @@ class FeedbackStore:
             return None
         original = self.get(row[1])
         if original is None:
-            raise StoreError(f"Idempotency-Key points to feedback {row[1]}, which is missing from {self.path}.")
+            raise StoreError(
+                f"Idempotency-Key {key!r} points to feedback {row[1]}, which is missing from {self.path}. "
+                "Delete that row of idempotency_keys, or restore the feedback row from a backup."
+            )
         return row[0], original
 
     def _rollback_quietly(self) -> None:

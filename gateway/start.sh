@@ -11,7 +11,7 @@
 #   FEEDBACKBOT_RATE_PER_KEY_RPS   sustained requests per second per key [20]
 #   FEEDBACKBOT_RATE_BURST         requests per key allowed above that rate at once [40]
 #   FEEDBACKBOT_MAX_BODY_BYTES     largest request body in bytes [65536]
-#   FEEDBACKBOT_RETRY_AFTER_S      Retry-After of 429 and 503 answers, in seconds [1]
+#   FEEDBACKBOT_RETRY_AFTER_S      Retry-After of 429 and 503 responses, in seconds [1]
 # `start` prints the master process id; `stop` ends that process and waits for it.
 set -euo pipefail
 

@@ -3,7 +3,7 @@
 The request flows ingest -> validation -> enrichment -> persistence -> notification:
 `validate_submission` turns a raw payload into a `FeedbackSubmission` or a list of
 `FieldError`s, enrichment adds a `Sentiment`, persistence stores a `FeedbackRecord`, and
-ingest answers with `FeedbackCreated` or an `ErrorResponse`.
+ingest responds with `FeedbackCreated` or an `ErrorResponse`.
 """
 
 from __future__ import annotations
@@ -168,7 +168,7 @@ class ClaimedNotification(BaseModel):
 
 
 class DeliveryResult(BaseModel):
-    """What a sender did with one claimed entry."""
+    """Result of one delivery attempt on a claimed outbox entry."""
 
     entry_id: UUID
     outcome: Literal["sent", "retry", "dead", "deferred"] = Field(
@@ -180,7 +180,7 @@ class DeliveryResult(BaseModel):
 
 
 class StoreOutcome(BaseModel):
-    """What persistence did with one submission."""
+    """Result of storing one submission: created, replayed or conflict."""
 
     status: Literal["created", "replayed", "conflict"] = Field(
         description="created: stored now; replayed: the key was used before with the same "
@@ -197,7 +197,7 @@ class SentimentOut(BaseModel):
 
 
 class FeedbackCreated(BaseModel):
-    """Body of a 201 answer: the stored feedback's id, time and sentiment."""
+    """Body of a 201 response: the stored feedback's id, time and sentiment."""
 
     id: UUID
     received_at: datetime
@@ -233,8 +233,8 @@ class ErrorResponse(BaseModel):
 def validate_submission(payload: object, *, from_form: bool = False) -> ValidationResult:
     """Validate a decoded request body and return the submission or every field error.
 
-    `from_form` marks an HTML form post, whose values all arrive as strings, so a rating
-    of "4" is accepted there; in JSON the rating must be a number.
+    `from_form` marks an HTML form post. Its values all arrive as strings, so a rating of
+    "4" is accepted there, while in JSON the rating must be a number.
     """
     if not isinstance(payload, dict):
         fields = ", ".join(SUBMISSION_FIELDS)
