@@ -32,11 +32,15 @@ def build_app(args: dict[str, Any]) -> Application:
         alert_max_rating=settings.admin_alert_max_rating,
     )
 
-    persistence = Persistence.bind(settings.db_path, settings.idempotency_window_s, policy)
+    enrichment = Enrichment.bind(settings.sentiment_model, settings.torch_threads)
+    persistence = Persistence.bind(
+        settings.db_path, settings.idempotency_window_s, policy, enrichment, settings.enrichment_retry()
+    )
     return Ingest.bind(
         Validation.bind(),
-        Enrichment.bind(settings.sentiment_model, settings.torch_threads),
+        enrichment,
         persistence,
         Notification.bind(persistence, customer_url, admin_urls, settings.notify_settings()),
         settings.idempotency_window_s,
+        settings.stage_timeouts(),
     )

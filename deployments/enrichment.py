@@ -15,6 +15,9 @@ from models.feedback import Sentiment
 
 logger = logging.getLogger("ray.serve")
 
+# A batch in the 'timeout' failure drill hangs until the drill ends, at most this long.
+DRILL_HANG_MAX_S = 60.0
+
 
 @serve.deployment
 class Enrichment:
@@ -43,6 +46,7 @@ class Enrichment:
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
     async def _score_batch(self, texts: list[str]) -> list[float]:
+        await self._run_failure_drill(len(texts))
         try:
             # The model runs in a worker thread so that the replica keeps accepting calls,
             # which then form the next batch.
@@ -54,5 +58,22 @@ class Enrichment:
                 f"Sentiment model {self._model.version} failed on a batch of {len(texts)} texts: {error}"
             ) from error
 
+    async def _run_failure_drill(self, batch_size: int) -> None:
+        """Fail or hang this batch while a failure drill is configured; return at once otherwise."""
+        if self._settings.failure_drill == "off":
+            return
+
+        if self._settings.failure_drill == "timeout":
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + DRILL_HANG_MAX_S
+            while self._settings.failure_drill == "timeout" and loop.time() < deadline:
+                await asyncio.sleep(0.1)
+        if self._settings.failure_drill != "off":
+            raise EnrichmentError(
+                f"Failure drill '{self._settings.failure_drill}' failed a batch of {batch_size} texts; "
+                "set failure_drill to 'off' in the Enrichment user_config to end it."
+            )
+
     def health(self) -> dict[str, str]:
-        return {"status": "ok", "model_version": self._model.version}
+        status = "ok" if self._settings.failure_drill == "off" else "failing"
+        return {"status": status, "model_version": self._model.version, "failure_drill": self._settings.failure_drill}

@@ -20,19 +20,21 @@ from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
-from feedbackbot.errors import EnrichmentError, StoreError
+from feedbackbot.errors import EnrichmentError, StoreError, error_summary
+from feedbackbot.settings import StageTimeouts
 from feedbackbot.http_api import (
     ERROR_RESPONSES,
     IDEMPOTENCY_KEY_PARAMETER,
     await_response,
+    await_within,
     created_response,
     error_response,
-    error_summary,
     form_payload,
     idempotency_claim,
     install_error_handlers,
     parse_json_object,
     request_id_of,
+    sentiment_fields,
 )
 from models.feedback import (
     AcceptedSubmission,
@@ -41,8 +43,8 @@ from models.feedback import (
     FeedbackSubmission,
     IdempotencyClaim,
     OutboxEntry,
+    Sentiment,
     FieldError,
-    SentimentOut,
     StoredFeedback,
     StoreOutcome,
     ValidationResult,
@@ -82,8 +84,10 @@ class Ingest:
         persistence: DeploymentHandle,
         notification: DeploymentHandle,
         idempotency_window_s: float,
+        timeouts: StageTimeouts,
     ) -> None:
         self._idempotency_window_h = idempotency_window_s / 3600
+        self._timeouts = timeouts
         self._validation = validation
         self._enrichment = enrichment
         self._persistence = persistence
@@ -113,7 +117,13 @@ class Ingest:
             return parsed
         payload, from_form = parsed
 
-        result: ValidationResult = await self._validation.validate.remote(payload, from_form)
+        try:
+            result: ValidationResult = await await_within(
+                self._validation.validate.remote(payload, from_form), self._timeouts.validation_timeout_s
+            )
+        except (asyncio.TimeoutError, BackPressureError, ray.exceptions.RayError) as error:
+            logger.error("Validation failed to answer: %s", error_summary(error))
+            return self._unavailable(request, "The feedback could not be checked right now and was not kept")
         if result.errors:
             return error_response(
                 request,
@@ -127,11 +137,14 @@ class Ingest:
         if isinstance(claim, JSONResponse):
             return claim
 
+        persistence_timeout_s = self._timeouts.persistence_timeout_s
         try:
             if claim is not None:
                 # A retry gets its response here without running the model. The commit checks the
                 # key again, which covers repeats that arrive at the same time.
-                earlier: StoreOutcome | None = await self._persistence.find_claim.remote(claim)
+                earlier: StoreOutcome | None = await await_within(
+                    self._persistence.find_claim.remote(claim), persistence_timeout_s
+                )
                 if earlier is not None:
                     return self._answer_repeat(request, earlier, claim)
 
@@ -142,28 +155,55 @@ class Ingest:
                 submission=result.submission,
                 idempotency=claim,
             )
-            sentiment = self._enrichment.analyze.remote(accepted.submission.feedback_text)
-            outcome: StoreOutcome = await self._persistence.store.remote(accepted, sentiment)
-        except (StoreError, EnrichmentError, BackPressureError, ray.exceptions.RayActorError) as error:
-            logger.error("Feedback was not stored: %s", error_summary(error))
-            return error_response(
-                request,
-                503,
-                "unavailable",
-                "The feedback could not be stored right now and was not kept; submit it again "
-                f"after {RETRY_AFTER_S} seconds.",
-                retry_after_s=RETRY_AFTER_S,
+            sentiment = await self._score(accepted)
+            outcome: StoreOutcome = await await_within(
+                self._persistence.store.remote(accepted, sentiment), persistence_timeout_s
             )
+        except asyncio.TimeoutError:
+            logger.error("The commit took longer than %.1f s; its outcome is unknown", persistence_timeout_s)
+            return self._unavailable(
+                request,
+                "The database did not confirm the feedback in time, so it may or may not be stored",
+                same_key=True,
+            )
+        except (StoreError, BackPressureError, ray.exceptions.RayError) as error:
+            logger.error("Feedback was not stored: %s", error_summary(error))
+            return self._unavailable(request, "The feedback could not be stored right now and was not kept")
 
         if outcome.status != "created":
             return self._answer_repeat(request, outcome, claim)
 
         record = outcome.record
         logger.info(
-            "Stored feedback %s (rating %d, sentiment %s)", record.id, record.rating, record.sentiment_label
+            "Stored feedback %s (rating %d, sentiment %s)", record.id, record.rating, record.sentiment_label or "pending"
         )
         self._wake_sender(record)
         return created_response(record)
+
+    async def _score(self, accepted: AcceptedSubmission) -> Sentiment | None:
+        """Return the sentiment, or None when the model fails or is too slow; the row is then scored later."""
+        timeout_s = self._timeouts.enrichment_timeout_s
+        try:
+            return await await_within(self._enrichment.analyze.remote(accepted.submission.feedback_text), timeout_s)
+        except asyncio.TimeoutError:
+            problem = f"took longer than {timeout_s:g} s"
+        except (EnrichmentError, BackPressureError, ray.exceptions.RayError) as error:
+            problem = f"failed: {error_summary(error)}"
+        logger.warning("Sentiment of feedback %s %s; storing it without sentiment to score later", accepted.id, problem)
+        return None
+
+    def _unavailable(self, request: Request, problem: str, *, same_key: bool = False) -> JSONResponse:
+        """Return the retryable 503 in the common error shape."""
+        advice = (
+            "submit it again with the same Idempotency-Key" if same_key else "submit it again"
+        )
+        return error_response(
+            request,
+            503,
+            "unavailable",
+            f"{problem}; {advice} after {RETRY_AFTER_S} seconds.",
+            retry_after_s=RETRY_AFTER_S,
+        )
 
     def _answer_repeat(self, request: Request, outcome: StoreOutcome, claim: IdempotencyClaim) -> JSONResponse:
         """Return the response to a repeated Idempotency-Key: the original 201, or 409 for another submission."""
@@ -257,7 +297,7 @@ class Ingest:
         stored = StoredFeedback(
             id=record.id,
             received_at=record.received_at,
-            sentiment=SentimentOut(label=record.sentiment_label, score=record.sentiment_score),
+            **sentiment_fields(record),
             request_id=record.request_id,
             customer_name=record.customer_name,
             customer_email=record.customer_email,
@@ -313,7 +353,7 @@ class Ingest:
         report: dict[str, Any] = {"ingest": {"status": "ok"}}
         for name, result in zip(handles, results):
             if isinstance(result, BaseException):
-                report[name] = {"status": "failing", "error": error_summary(result) or type(result).__name__}
+                report[name] = {"status": "failing", "error": error_summary(result)}
             else:
                 report[name] = result
 

@@ -5,7 +5,8 @@ same transaction as the row. Each notification replica runs a sender that leases
 entries from persistence, sends them, and reports each result back. A failed send is tried
 again with exponential backoff and jitter until `notify_max_attempts`, then the entry is
 `dead` with its last error. A target that fails `notify_circuit_failures` times in a row is
-skipped for `notify_circuit_open_s` (its entries wait without using up tries).
+skipped for `notify_circuit_open_s`, and its entries wait without using up tries; then a
+single trial send decides whether it is back.
 
 Delivery is at least once: a replica that dies after a send but before reporting it leaves
 the entry to be sent again when its lease ends.
@@ -23,6 +24,7 @@ import ray.exceptions
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from feedbackbot.errors import error_summary
 from feedbackbot.notify import CUSTOMER_TARGET, CircuitBreaker, admin_target_id, backoff_delay_s
 from feedbackbot.redact import mask_url
 from feedbackbot.settings import NotifySettings
@@ -49,11 +51,16 @@ def _confirmation(record: FeedbackRecord) -> tuple[str, str]:
 
 
 def _admin_alert(record: FeedbackRecord) -> tuple[str, str]:
-    reason = f"rating {record.rating}, {record.sentiment_label} sentiment"
+    if record.sentiment_pending:
+        sentiment = "not scored yet"
+        reason = f"rating {record.rating}"
+    else:
+        sentiment = f"{record.sentiment_label} (score {record.sentiment_score:.2f})"
+        reason = f"rating {record.rating}, {record.sentiment_label} sentiment"
     body = (
         f"Feedback {record.id} needs attention ({reason}).\n"
         f"Rating: {record.rating}\n"
-        f"Sentiment: {record.sentiment_label} (score {record.sentiment_score:.2f})\n"
+        f"Sentiment: {sentiment}\n"
         f"Customer: {record.customer_name} <{record.customer_email}>\n"
         f"Received: {record.received_at.isoformat()}\n\n"
         f"{record.feedback_text}\n"
@@ -75,11 +82,6 @@ def _as_plain_text(url: str) -> str:
     query = [(key, value) for key, value in parse_qsl(parts.query) if key != "format"]
     query.append(("format", "text"))
     return urlunsplit(parts._replace(query=urlencode(query)))
-
-
-def _summary(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[-1] if text else type(error).__name__
 
 
 @serve.deployment
@@ -119,7 +121,7 @@ class Notification:
                     CLAIM_BATCH_SIZE, self._settings.notify_lease_s
                 )
             except ray.exceptions.RayError as error:
-                logger.error("Failed to claim notifications, retrying after the poll interval: %s", _summary(error))
+                logger.error("Failed to claim notifications, retrying after the poll interval: %s", error_summary(error))
                 claimed = []
 
             if claimed:
@@ -138,7 +140,7 @@ class Notification:
             await self._persistence.finish_notifications.remote(list(results))
         except ray.exceptions.RayError as error:
             # NOTE: the leases run out and these entries are sent again, so delivery is at least once.
-            logger.error("Failed to record %d notification results: %s", len(results), _summary(error))
+            logger.error("Failed to record %d notification results: %s", len(results), error_summary(error))
 
     async def _deliver(self, item: ClaimedNotification) -> DeliveryResult:
         entry, record = item.entry, item.record
@@ -150,7 +152,7 @@ class Notification:
             logger.error("Outbox entry %s for feedback %s is dead: %s", entry.id, entry.feedback_id, message)
             return DeliveryResult(entry_id=entry.id, outcome="dead", error=message)
 
-        wait_s = self._breaker.open_for_s(entry.target)
+        wait_s = self._breaker.wait_s(entry.target)
         if wait_s > 0:
             return DeliveryResult(
                 entry_id=entry.id,

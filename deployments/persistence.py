@@ -1,4 +1,10 @@
-"""Persistence deployment: the single DuckDB writer, committing in batches."""
+"""Persistence deployment: the single DuckDB writer, committing in batches.
+
+It also scores, later, the feedback that ingest stored without sentiment because the model
+failed or timed out: every `enrichment_retry_interval_s` it sends such rows to the
+enrichment deployment and stores the result, together with any admin alert that the
+sentiment now calls for, in one transaction.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +16,14 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, TypeVar
 from uuid import UUID
 
+import ray.exceptions
 from ray import serve
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle
 
+from feedbackbot.errors import EnrichmentError, StoreError, error_summary
 from feedbackbot.notify import NotificationPolicy
-from feedbackbot.settings import BatchSettings, load_settings, resolve_path
+from feedbackbot.settings import BatchSettings, EnrichmentRetrySettings, load_settings, resolve_path
 from feedbackbot.store import FeedbackStore
 from models.feedback import (
     AcceptedSubmission,
@@ -32,22 +42,36 @@ logger = logging.getLogger("ray.serve")
 ResultT = TypeVar("ResultT")
 
 PURGE_INTERVAL_S = 600.0
+LATE_SCORING_TIMEOUT_S = 60.0
+
 
 
 @serve.deployment
 class Persistence:
     """Owns the DuckDB file. Runs as exactly one replica, because DuckDB allows one writer."""
 
-    def __init__(self, db_path: str, idempotency_window_s: float, policy: NotificationPolicy) -> None:
+    async def __init__(
+        self,
+        db_path: str,
+        idempotency_window_s: float,
+        policy: NotificationPolicy,
+        enrichment: DeploymentHandle,
+        retry: EnrichmentRetrySettings,
+    ) -> None:
         path = resolve_path(db_path)
         self._idempotency_window_s = idempotency_window_s
         self._policy = policy
+        self._enrichment = enrichment
+        self._retry = retry
         self._next_purge = 0.0
         # One thread runs every DuckDB call, since a DuckDB connection must not be used
         # from two threads at once.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="duckdb")
-        self._store = self._executor.submit(FeedbackStore.open, path).result()
-        logger.info("Opened the feedback database %s with %d rows", path, self._executor.submit(self._store.count).result())
+        self._store = await self._run(FeedbackStore.open, path)
+        logger.info("Opened the feedback database %s with %d rows", path, await self._run(self._store.count))
+
+        self._scorer = asyncio.get_running_loop().create_task(self._score_pending_forever())
+        self._scorer.add_done_callback(self._report_scorer_exit)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply batch size and batch wait from user_config without a restart."""
@@ -56,10 +80,11 @@ class Persistence:
         self._commit_batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
         logger.info("Applied persistence settings %s", settings.model_dump())
 
-    async def store(self, accepted: AcceptedSubmission, sentiment: Sentiment) -> StoreOutcome:
+    async def store(self, accepted: AcceptedSubmission, sentiment: Sentiment | None) -> StoreOutcome:
         """Commit one feedback row, or find the original of a repeated Idempotency-Key.
 
-        Returns only after the commit.
+        `sentiment` is None when enrichment failed; the row is then scored later. Returns
+        only after the commit.
         """
         submission = accepted.submission
         record = FeedbackRecord(
@@ -70,10 +95,9 @@ class Persistence:
             customer_email=submission.customer_email,
             feedback_text=submission.feedback_text,
             rating=submission.rating,
-            sentiment_label=sentiment.label,
-            sentiment_score=sentiment.score,
-            model_version=sentiment.model_version,
         )
+        if sentiment is not None:
+            record = record.with_sentiment(sentiment)
         return await self._commit_batch((record, accepted.idempotency, self._policy.owed(record)))
 
     async def find_claim(self, claim: IdempotencyClaim) -> StoreOutcome | None:
@@ -105,6 +129,64 @@ class Persistence:
         if deleted:
             logger.info("Purged %d expired Idempotency-Key(s)", deleted)
 
+    async def _score_pending_forever(self) -> None:
+        """Score the rows stored without sentiment, until the replica stops."""
+        logger.info("Started late scoring every %.0f s", self._retry.enrichment_retry_interval_s)
+        while True:
+            try:
+                full_batch = await self._score_pending_once()
+            except StoreError as error:
+                logger.error("Late scoring failed to read or write the database: %s", error_summary(error))
+                full_batch = False
+            if not full_batch:
+                await asyncio.sleep(self._retry.enrichment_retry_interval_s)
+
+    def _report_scorer_exit(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            logger.info("Stopped late scoring")
+            return
+        error = task.exception()
+        logger.error("Late scoring stopped on an unexpected error; /healthz reports it", exc_info=error)
+
+    async def _score_pending_once(self) -> bool:
+        """Score one batch of rows without sentiment; return True when the batch was full."""
+        limit = self._retry.enrichment_retry_batch_size
+        pending = await self._run(
+            lambda: self._store.pending_enrichment(limit=limit, max_attempts=self._retry.enrichment_max_attempts)
+        )
+        if not pending:
+            return False
+
+        calls = [
+            asyncio.wait_for(self._analyze(record.feedback_text), LATE_SCORING_TIMEOUT_S) for record in pending
+        ]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+
+        scored, failed, errors = [], [], []
+        for record, result in zip(pending, results):
+            if isinstance(result, Sentiment):
+                enriched = record.with_sentiment(result)
+                scored.append((enriched, self._policy.owed_after_enrichment(enriched)))
+            elif isinstance(result, (EnrichmentError, BackPressureError, ray.exceptions.RayError, asyncio.TimeoutError)):
+                failed.append(record.id)
+                errors.append(error_summary(result))
+            else:
+                raise result
+
+        now = datetime.now(timezone.utc)
+        if scored:
+            updated = await self._run(lambda: self._store.complete_enrichment(scored, now=now))
+            alerts = sum(len(owed) for _, owed in scored)
+            logger.info("Scored %d feedback row(s) stored without sentiment; %d new admin alert(s)", updated, alerts)
+        if failed:
+            await self._run(lambda: self._store.record_enrichment_failure(failed, error_text=errors[0]))
+            logger.warning("Failed to score %d feedback row(s) stored without sentiment: %s", len(failed), errors[0])
+            return False
+        return len(pending) == limit
+
+    async def _analyze(self, text: str) -> Sentiment:
+        return await self._enrichment.analyze.remote(text)
+
     async def claim_notifications(self, limit: int, lease_s: float) -> list[ClaimedNotification]:
         """Lease due outbox entries to the calling sender."""
         now = datetime.now(timezone.utc)
@@ -132,7 +214,15 @@ class Persistence:
     async def health(self) -> dict[str, object]:
         await self._run(self._store.check_writable)
         outbox = await self._run(self._store.outbox_counts)
-        return {"status": "ok", "db_path": str(self._store.path), "outbox": outbox}
+        waiting = await self._run(lambda: self._store.enrichment_counts(max_attempts=self._retry.enrichment_max_attempts))
+        scorer_running = not self._scorer.done()
+        return {
+            "status": "ok" if scorer_running else "failing",
+            "db_path": str(self._store.path),
+            "outbox": outbox,
+            "without_sentiment": waiting,
+            "late_scoring_running": scorer_running,
+        }
 
     async def _run(self, function: Callable[..., ResultT], *args: Any) -> ResultT:
         loop = asyncio.get_running_loop()
@@ -140,6 +230,9 @@ class Persistence:
 
     def __del__(self) -> None:
         # Serve calls __del__ when it stops the replica; closing checkpoints the WAL.
+        scorer = getattr(self, "_scorer", None)
+        if scorer is not None:
+            scorer.cancel()
         store = getattr(self, "_store", None)
         if store is not None:
             self._executor.submit(store.close).result()

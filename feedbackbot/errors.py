@@ -8,6 +8,7 @@
     └── EnrichmentError        the sentiment model failed on a batch
 
 Every message states what was attempted, the offending value and the next step to try.
+`error_summary` shortens any error, including Ray's wrapped ones, to one line for logs.
 `feedbackbot.sentiment.SentimentModelError` stays in its own module because the training
 script imports that module without the service.
 """
@@ -46,3 +47,12 @@ class StoreUnavailable(StoreError):
 
 class EnrichmentError(FeedbackbotError):
     """The sentiment model failed to score a batch of texts."""
+
+
+def error_summary(error: BaseException) -> str:
+    """Return the last line of an error's text, or its type name when it has none.
+
+    A Ray task error carries the remote traceback; its last line is the original message.
+    """
+    text = str(error).strip()
+    return text.splitlines()[-1] if text else type(error).__name__

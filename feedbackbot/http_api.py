@@ -7,6 +7,7 @@ functions imported from another module are pickled by reference and always resol
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -93,15 +94,21 @@ def idempotency_claim(request: Request, submission: FeedbackSubmission) -> Idemp
 
 def created_response(record: FeedbackRecord, *, replayed: bool = False) -> JSONResponse:
     """Build the 201 response for a stored feedback."""
-    created = FeedbackCreated(
-        id=record.id,
-        received_at=record.received_at,
-        sentiment=SentimentOut(label=record.sentiment_label, score=record.sentiment_score),
-    )
+    created = FeedbackCreated(id=record.id, received_at=record.received_at, **sentiment_fields(record))
     headers = {"Location": f"/v1/feedback/{record.id}"}
     if replayed:
         headers["Idempotent-Replayed"] = "true"
     return JSONResponse(created.model_dump(mode="json"), status_code=201, headers=headers)
+
+
+def sentiment_fields(record: FeedbackRecord) -> dict[str, Any]:
+    """Return the `sentiment` and `sentiment_status` fields of a response about this record."""
+    if record.sentiment_pending:
+        return {"sentiment": None, "sentiment_status": "pending"}
+    return {
+        "sentiment": SentimentOut(label=record.sentiment_label, score=record.sentiment_score),
+        "sentiment_status": "done",
+    }
 
 
 def error_response(
@@ -192,12 +199,18 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not a JSON number")
 
 
+async def await_within(response: Any, timeout_s: float) -> Any:
+    """Await a DeploymentResponse for at most `timeout_s` seconds.
+
+    On timeout the request is cancelled in the replica too, and asyncio.TimeoutError is raised.
+    """
+    try:
+        return await asyncio.wait_for(await_response(response), timeout_s)
+    except asyncio.TimeoutError:
+        response.cancel()
+        raise
+
+
 async def await_response(response: Any) -> Any:
     """Await a DeploymentResponse; asyncio.wait_for needs a coroutine, not an awaitable."""
     return await response
-
-
-def error_summary(error: BaseException) -> str:
-    """Return the last line of an error, which for a Ray task error is the original message."""
-    text = str(error).strip()
-    return text.splitlines()[-1] if text else type(error).__name__

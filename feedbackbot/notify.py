@@ -35,13 +35,29 @@ class NotificationPolicy:
     alert_max_rating: int
 
     def owed(self, record: FeedbackRecord) -> list[OwedNotification]:
-        """Return the notifications that this feedback owes, in sending order."""
+        """Return the notifications that this feedback owes, in sending order.
+
+        A record without sentiment yet owes an admin alert only for its rating;
+        `owed_after_enrichment` adds the alert for negative sentiment once it is scored.
+        """
         owed = []
         if self.customer_enabled:
             owed.append(OwedNotification(kind="confirmation", target=CUSTOMER_TARGET))
-        if record.rating <= self.alert_max_rating or record.sentiment_label == "negative":
-            owed.extend(OwedNotification(kind="admin_alert", target=target) for target in self.admin_target_ids)
+        if self._needs_alert(record):
+            owed.extend(self._alerts())
         return owed
+
+    def owed_after_enrichment(self, record: FeedbackRecord) -> list[OwedNotification]:
+        """Return what a record stored without sentiment owes in addition, now that it has one."""
+        if record.rating <= self.alert_max_rating or not self._needs_alert(record):
+            return []
+        return self._alerts()
+
+    def _needs_alert(self, record: FeedbackRecord) -> bool:
+        return record.rating <= self.alert_max_rating or record.sentiment_label == "negative"
+
+    def _alerts(self) -> list[OwedNotification]:
+        return [OwedNotification(kind="admin_alert", target=target) for target in self.admin_target_ids]
 
 
 def backoff_delay_s(attempts: int, *, base_s: float, max_s: float, rng: random.Random | None = None) -> float:
@@ -56,26 +72,59 @@ def backoff_delay_s(attempts: int, *, base_s: float, max_s: float, rng: random.R
 
 
 class CircuitBreaker:
-    """Consecutive failures per target; an open circuit skips the target for a while."""
+    """A circuit per target: closed, open, then half-open with a single trial send.
 
-    def __init__(self, failure_threshold: int, open_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+    `failure_threshold` failures in a row open a target's circuit for `open_s` seconds,
+    during which `wait_s` tells callers to hold its entries back. After that one caller
+    gets a trial send (half-open) while the others keep waiting `trial_wait_s`; a
+    successful trial closes the circuit and a failed one opens it again.
+    """
+
+    def __init__(
+        self,
+        failure_threshold: int,
+        open_s: float,
+        *,
+        trial_wait_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._clock = clock
         self._threshold = failure_threshold
         self._open_s = open_s
+        self._trial_wait_s = trial_wait_s
         self._failures: dict[str, int] = {}
         self._open_until: dict[str, float] = {}
+        self._trial_running: set[str] = set()
 
-    def open_for_s(self, target: str) -> float:
-        """Return the seconds until the target's circuit closes; 0 when it is closed."""
-        return max(0.0, self._open_until.get(target, 0.0) - self._clock())
+    def wait_s(self, target: str) -> float:
+        """Return 0 when a send to the target may go ahead now, else the seconds to hold it back.
+
+        A 0 after the open period makes this caller the trial: it must call `record` for
+        the target when its send is done.
+        """
+        if target not in self._open_until:
+            return 0.0
+        remaining = self._open_until[target] - self._clock()
+        if remaining > 0:
+            return remaining
+        if target in self._trial_running:
+            return self._trial_wait_s
+        self._trial_running.add(target)
+        logger.info("Trying target %s once after its circuit was open for %.0f s", target, self._open_s)
+        return 0.0
 
     def record(self, target: str, success: bool) -> None:
+        """Count the result of one send to the target."""
+        was_trial = target in self._trial_running
+        self._trial_running.discard(target)
         if success:
             self._failures.pop(target, None)
-            self._open_until.pop(target, None)
+            if self._open_until.pop(target, None) is not None:
+                logger.info("Closed the circuit of target %s after a successful send", target)
             return
+
         failures = self._failures.get(target, 0) + 1
         self._failures[target] = failures
-        if failures >= self._threshold:
+        if was_trial or failures == self._threshold:
             self._open_until[target] = self._clock() + self._open_s
             logger.warning("Opened the circuit of target %s for %.0f s after %d failures", target, self._open_s, failures)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import Any, Literal, Mapping, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
@@ -59,7 +59,53 @@ class NotifySettings(BaseModel):
     )
 
 
-class AppSettings(NotifySettings):
+class StageTimeouts(BaseModel):
+    """How long ingest waits for each deployment it calls."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    validation_timeout_s: float = Field(
+        default=5.0, gt=0, le=300, description="Time limit of the validation call, in seconds; past it the client gets 503."
+    )
+    enrichment_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="Time limit of the sentiment call, in seconds. Past it, or when the model "
+        "fails, the feedback is stored without sentiment and scored later.",
+    )
+    persistence_timeout_s: float = Field(
+        default=20.0,
+        gt=0,
+        le=300,
+        description="Time limit of the commit call, in seconds; past it the client gets 503 and "
+        "may retry with the same Idempotency-Key. Keep it below http_options.request_timeout_s.",
+    )
+
+
+class EnrichmentRetrySettings(BaseModel):
+    """How persistence scores the rows that were stored without sentiment."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enrichment_retry_interval_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="How often persistence looks for feedback stored without sentiment and has it scored, in seconds.",
+    )
+    enrichment_retry_batch_size: int = Field(
+        default=64, ge=1, le=1024, description="Rows scored per look."
+    )
+    enrichment_max_attempts: int = Field(
+        default=20,
+        ge=1,
+        le=1000,
+        description="Failed tries after which a row stays without sentiment; /healthz counts such rows as given_up.",
+    )
+
+
+class AppSettings(NotifySettings, StageTimeouts, EnrichmentRetrySettings):
     """Arguments of `graph:build_app`: where data lives, which model runs, where mail goes."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -96,9 +142,18 @@ class AppSettings(NotifySettings):
     admin_alert_max_rating: int = Field(
         default=2, ge=1, le=5, description="Ratings at or below this value alert the admins."
     )
+
     def notify_settings(self) -> NotifySettings:
         """Return the sender's part of these settings."""
-        return NotifySettings(**{key: getattr(self, key) for key in NotifySettings.model_fields})
+        return _part(self, NotifySettings)
+
+    def stage_timeouts(self) -> StageTimeouts:
+        """Return ingest's time limits for the calls it makes."""
+        return _part(self, StageTimeouts)
+
+    def enrichment_retry(self) -> EnrichmentRetrySettings:
+        """Return the persistence deployment's settings for late scoring."""
+        return _part(self, EnrichmentRetrySettings)
 
     def resolved_db_path(self) -> Path:
         """Return db_path as an absolute path."""
@@ -128,6 +183,13 @@ class EnrichmentSettings(BatchSettings):
         default=0.65, ge=0, le=1, description="Scores above this are labelled positive."
     )
 
+    failure_drill: Literal["off", "error", "timeout"] = Field(
+        default="off",
+        description="Fault injection for failure drills: 'error' makes every batch fail and "
+        "'timeout' makes it hang, so that operators can watch feedback being stored without "
+        "sentiment and scored later. Keep 'off' outside drills.",
+    )
+
     @model_validator(mode="after")
     def _check_band(self) -> "EnrichmentSettings":
         if self.neutral_low > self.neutral_high:
@@ -135,6 +197,10 @@ class EnrichmentSettings(BatchSettings):
                 f"neutral_low ({self.neutral_low}) must not exceed neutral_high ({self.neutral_high})"
             )
         return self
+
+
+def _part(settings: BaseModel, part: type[ModelT]) -> ModelT:
+    return part(**{key: getattr(settings, key) for key in part.model_fields})
 
 
 def load_settings(

@@ -29,10 +29,11 @@ from models.feedback import (
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-# CHECK constraints repeat the validation rules so that no other writer can store a row
-# that the API would reject.
+# Version 1 of the schema. A new file gets it and then every migration below, so new and
+# upgraded files always end in the same state. CHECK constraints repeat the validation
+# rules so that no other writer can store a row that the API would reject.
 SCHEMA_STATEMENTS = (
     """
     CREATE TABLE IF NOT EXISTS schema_version (
@@ -79,6 +80,23 @@ SCHEMA_STATEMENTS = (
     )
     """,
 )
+
+# Statements that bring a file from the version before each key to that version.
+# Version 2: sentiment may be missing (enrichment failed; filled in later), and every row
+# carries change_seq, which grows with each insert or update so that readers can copy
+# what changed since they last looked.
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    2: (
+        "CREATE SEQUENCE IF NOT EXISTS change_seq",
+        "ALTER TABLE feedback ALTER COLUMN sentiment_label DROP NOT NULL",
+        "ALTER TABLE feedback ALTER COLUMN sentiment_score DROP NOT NULL",
+        "ALTER TABLE feedback ALTER COLUMN model_version DROP NOT NULL",
+        "ALTER TABLE feedback ADD COLUMN enrichment_attempts INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE feedback ADD COLUMN enrichment_error VARCHAR",
+        "ALTER TABLE feedback ADD COLUMN change_seq BIGINT DEFAULT nextval('change_seq')",
+        "ALTER TABLE outbox ADD COLUMN change_seq BIGINT DEFAULT nextval('change_seq')",
+    ),
+}
 
 OUTBOX_COLUMNS = (
     "id",
@@ -141,18 +159,30 @@ class FeedbackStore:
         return store
 
     def _apply_schema(self) -> None:
+        """Create the tables of version 1 when missing, then run each migration not yet applied.
+
+        Everything runs in one transaction, so a failed migration leaves the file as it was.
+        """
         self._connection.execute("BEGIN TRANSACTION")
         for statement in SCHEMA_STATEMENTS:
             self._connection.execute(statement)
+
         applied = self._connection.execute("SELECT max(version) FROM schema_version").fetchone()[0]
         if applied is None:
-            self._connection.execute("INSERT INTO schema_version (version) VALUES (?)", [SCHEMA_VERSION])
-        elif applied > SCHEMA_VERSION:
+            self._connection.execute("INSERT INTO schema_version (version) VALUES (1)")
+            applied = 1
+        if applied > SCHEMA_VERSION:
             self._connection.execute("ROLLBACK")
             raise StoreError(
                 f"The database {self.path} has schema version {applied}, newer than this code's "
                 f"{SCHEMA_VERSION}. Upgrade feedbackbot or point db_path at another file."
             )
+
+        for version in range(applied + 1, SCHEMA_VERSION + 1):
+            for statement in MIGRATIONS[version]:
+                self._connection.execute(statement)
+            self._connection.execute("INSERT INTO schema_version (version) VALUES (?)", [version])
+            logger.info("Migrated the feedback database %s to schema version %d", self.path, version)
         self._connection.execute("COMMIT")
 
     def insert_many(self, records: Sequence[FeedbackRecord]) -> None:
@@ -281,7 +311,7 @@ class FeedbackStore:
         try:
             self._connection.execute("BEGIN TRANSACTION")
             rows = self._connection.execute(
-                f"UPDATE outbox SET next_attempt_at = ? WHERE id IN ("
+                f"UPDATE outbox SET next_attempt_at = ?, change_seq = nextval('change_seq') WHERE id IN ("
                 "SELECT id FROM outbox WHERE status = 'pending' AND next_attempt_at <= ? "
                 f"ORDER BY next_attempt_at LIMIT ?) RETURNING {columns}",
                 [now + timedelta(seconds=lease_s), now, limit],
@@ -305,31 +335,104 @@ class FeedbackStore:
             for result in results:
                 if result.outcome == "sent":
                     self._connection.execute(
-                        "UPDATE outbox SET status = 'sent', attempts = attempts + 1, sent_at = ?, "
+                        "UPDATE outbox SET status = 'sent', attempts = attempts + 1, sent_at = ?, change_seq = nextval('change_seq'), "
                         "last_error = NULL WHERE id = ? AND status = 'pending'",
                         [now, result.entry_id],
                     )
                 elif result.outcome == "dead":
                     self._connection.execute(
-                        "UPDATE outbox SET status = 'dead', attempts = attempts + 1, last_error = ? "
+                        "UPDATE outbox SET status = 'dead', attempts = attempts + 1, last_error = ?, change_seq = nextval('change_seq') "
                         "WHERE id = ? AND status = 'pending'",
                         [result.error, result.entry_id],
                     )
                 elif result.outcome == "retry":
                     self._connection.execute(
-                        "UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? "
+                        "UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?, change_seq = nextval('change_seq') "
                         "WHERE id = ? AND status = 'pending'",
                         [result.error, result.next_attempt_at, result.entry_id],
                     )
                 else:
                     self._connection.execute(
-                        "UPDATE outbox SET last_error = ?, next_attempt_at = ? WHERE id = ? AND status = 'pending'",
+                        "UPDATE outbox SET last_error = ?, next_attempt_at = ?, change_seq = nextval('change_seq') "
+                        "WHERE id = ? AND status = 'pending'",
                         [result.error, result.next_attempt_at, result.entry_id],
                     )
             self._connection.execute("COMMIT")
         except duckdb.Error as error:
             self._rollback_quietly()
             raise StoreUnavailable(f"Failed to record {len(results)} notification results in {self.path}: {error}") from error
+
+    def pending_enrichment(self, *, limit: int, max_attempts: int) -> list[FeedbackRecord]:
+        """Return up to `limit` rows still without sentiment and tried fewer than `max_attempts` times, oldest first."""
+        try:
+            rows = self._connection.execute(
+                f"SELECT {', '.join(FEEDBACK_COLUMNS)} FROM feedback "
+                "WHERE sentiment_label IS NULL AND enrichment_attempts < ? ORDER BY received_at LIMIT ?",
+                [max_attempts, limit],
+            ).fetchall()
+        except duckdb.Error as error:
+            raise StoreError(f"Failed to list feedback waiting for sentiment in {self.path}: {error}") from error
+        return [FeedbackRecord(**dict(zip(FEEDBACK_COLUMNS, row))) for row in rows]
+
+    def complete_enrichment(
+        self, items: Sequence[tuple[FeedbackRecord, Sequence[OwedNotification]]], *, now: datetime
+    ) -> int:
+        """Store late sentiment, and the notifications it newly owes, in one transaction.
+
+        Each item is a record with its sentiment filled in. A row that already has a
+        sentiment is left alone, and then its notifications are not added either.
+        Returns the number of rows updated.
+        """
+        updated = 0
+        try:
+            self._connection.execute("BEGIN TRANSACTION")
+            for record, owed in items:
+                changed = self._connection.execute(
+                    "UPDATE feedback SET sentiment_label = ?, sentiment_score = ?, model_version = ?, "
+                    "enrichment_attempts = enrichment_attempts + 1, enrichment_error = NULL, "
+                    "change_seq = nextval('change_seq') WHERE id = ? AND sentiment_label IS NULL RETURNING id",
+                    [record.sentiment_label, record.sentiment_score, record.model_version, record.id],
+                ).fetchall()
+                if not changed:
+                    continue
+                updated += 1
+                if owed:
+                    self._connection.executemany(
+                        "INSERT INTO outbox (id, feedback_id, kind, target, status, attempts, next_attempt_at, "
+                        "created_at) VALUES (?, ?, ?, ?, 'pending', 0, ?, ?)",
+                        [_outbox_row(record, notification, now) for notification in owed],
+                    )
+            self._connection.execute("COMMIT")
+        except duckdb.Error as error:
+            self._rollback_quietly()
+            raise StoreUnavailable(
+                f"Failed to store the sentiment of {len(items)} feedback rows in {self.path}: {error}. "
+                "The rows stay pending and are tried again."
+            ) from error
+        return updated
+
+    def record_enrichment_failure(self, feedback_ids: Sequence[UUID], *, error_text: str) -> None:
+        """Count one more failed try to score each of these rows and keep the error."""
+        try:
+            self._connection.executemany(
+                "UPDATE feedback SET enrichment_attempts = enrichment_attempts + 1, enrichment_error = ?, "
+                "change_seq = nextval('change_seq') WHERE id = ? AND sentiment_label IS NULL",
+                [[error_text, feedback_id] for feedback_id in feedback_ids],
+            )
+        except duckdb.Error as error:
+            raise StoreError(f"Failed to record an enrichment failure in {self.path}: {error}") from error
+
+    def enrichment_counts(self, *, max_attempts: int) -> dict[str, int]:
+        """Return how many rows wait for sentiment ("pending") and how many ran out of tries ("given_up")."""
+        try:
+            pending, given_up = self._connection.execute(
+                "SELECT count(*) FILTER (WHERE enrichment_attempts < ?), count(*) FILTER (WHERE enrichment_attempts >= ?) "
+                "FROM feedback WHERE sentiment_label IS NULL",
+                [max_attempts, max_attempts],
+            ).fetchone()
+        except duckdb.Error as error:
+            raise StoreError(f"Failed to count feedback waiting for sentiment in {self.path}: {error}") from error
+        return {"pending": pending, "given_up": given_up}
 
     def list_outbox(self, *, status: str, limit: int) -> list[OutboxEntry]:
         """Return up to `limit` outbox entries with this status, oldest first."""
@@ -346,7 +449,7 @@ class FeedbackStore:
         """Make a dead entry pending again with a fresh count of tries; None when it is not dead."""
         try:
             row = self._connection.execute(
-                "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = ? "
+                "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = ?, change_seq = nextval('change_seq') "
                 f"WHERE id = ? AND status = 'dead' RETURNING {', '.join(OUTBOX_COLUMNS)}",
                 [now, entry_id],
             ).fetchone()

@@ -129,9 +129,25 @@ class FeedbackRecord(BaseModel):
     customer_email: str
     feedback_text: str
     rating: int
-    sentiment_label: SentimentLabel
-    sentiment_score: float
-    model_version: str
+    sentiment_label: SentimentLabel | None = Field(
+        default=None, description="None while enrichment is pending: the model failed and the row is scored later."
+    )
+    sentiment_score: float | None = None
+    model_version: str | None = None
+
+    @property
+    def sentiment_pending(self) -> bool:
+        return self.sentiment_label is None
+
+    def with_sentiment(self, sentiment: Sentiment) -> "FeedbackRecord":
+        """Return a copy of this record with the sentiment filled in."""
+        return self.model_copy(
+            update={
+                "sentiment_label": sentiment.label,
+                "sentiment_score": sentiment.score,
+                "model_version": sentiment.model_version,
+            }
+        )
 
 
 NotificationKind = Literal["confirmation", "admin_alert"]
@@ -201,7 +217,13 @@ class FeedbackCreated(BaseModel):
 
     id: UUID
     received_at: datetime
-    sentiment: SentimentOut
+    sentiment: SentimentOut | None = Field(
+        description="null when the sentiment model was unavailable: the feedback is stored and "
+        "scored later, and GET /v1/feedback/{id} shows the result."
+    )
+    sentiment_status: Literal["done", "pending"] = Field(
+        description="pending while the feedback waits to be scored; done once it has a sentiment."
+    )
 
 
 class StoredFeedback(FeedbackCreated):
@@ -212,7 +234,7 @@ class StoredFeedback(FeedbackCreated):
     customer_email: str
     feedback_text: str
     rating: int
-    model_version: str
+    model_version: str | None = Field(description="Model that scored the text; null while pending.")
 
 
 class ErrorDetail(BaseModel):

@@ -88,13 +88,13 @@ def test_breaker_opens_after_threshold() -> None:
 
     breaker.record("smtp", success=False)
     breaker.record("smtp", success=False)
-    assert breaker.open_for_s("smtp") == 0.0
+    assert breaker.wait_s("smtp") == 0.0
     breaker.record("smtp", success=False)
 
-    assert breaker.open_for_s("smtp") == 30.0
-    assert breaker.open_for_s("webhook") == 0.0
-    clock.now += 31.0
-    assert breaker.open_for_s("smtp") == 0.0
+    assert breaker.wait_s("smtp") == 30.0
+    assert breaker.wait_s("webhook") == 0.0
+    clock.now += 10.0
+    assert breaker.wait_s("smtp") == 20.0
 
 
 def test_breaker_success_resets_count() -> None:
@@ -104,4 +104,60 @@ def test_breaker_success_resets_count() -> None:
     breaker.record("smtp", success=True)
     breaker.record("smtp", success=False)
 
-    assert breaker.open_for_s("smtp") == 0.0
+    assert breaker.wait_s("smtp") == 0.0
+
+
+def open_breaker(clock: FakeClock) -> CircuitBreaker:
+    breaker = CircuitBreaker(failure_threshold=2, open_s=30.0, trial_wait_s=1.5, clock=clock)
+    breaker.record("smtp", success=False)
+    breaker.record("smtp", success=False)
+    clock.now += 30.0
+    return breaker
+
+
+def test_breaker_lets_one_trial_through_after_the_open_period() -> None:
+    clock = FakeClock()
+    breaker = open_breaker(clock)
+
+    assert breaker.wait_s("smtp") == 0.0
+    assert breaker.wait_s("smtp") == 1.5
+    assert breaker.wait_s("smtp") == 1.5
+
+
+def test_successful_trial_closes_the_circuit() -> None:
+    clock = FakeClock()
+    breaker = open_breaker(clock)
+    assert breaker.wait_s("smtp") == 0.0
+
+    breaker.record("smtp", success=True)
+
+    assert [breaker.wait_s("smtp") for _ in range(3)] == [0.0, 0.0, 0.0]
+    breaker.record("smtp", success=False)
+    assert breaker.wait_s("smtp") == 0.0
+
+
+def test_failed_trial_opens_the_circuit_again() -> None:
+    clock = FakeClock()
+    breaker = open_breaker(clock)
+    assert breaker.wait_s("smtp") == 0.0
+
+    breaker.record("smtp", success=False)
+
+    assert breaker.wait_s("smtp") == 30.0
+    clock.now += 30.0
+    assert breaker.wait_s("smtp") == 0.0
+    assert breaker.wait_s("smtp") == 1.5
+
+
+def test_policy_adds_alert_for_negative_sentiment_found_later() -> None:
+    pending = record(4, "positive").model_copy(update={"sentiment_label": None, "sentiment_score": None})
+    assert [item.kind for item in POLICY.owed(pending)] == ["confirmation"]
+
+    negative = pending.model_copy(update={"sentiment_label": "negative", "sentiment_score": 0.1})
+    positive = pending.model_copy(update={"sentiment_label": "positive", "sentiment_score": 0.9})
+    low_rating = record(1, "negative")
+
+    assert [item.target for item in POLICY.owed_after_enrichment(negative)] == ["admin-a", "admin-b"]
+    assert POLICY.owed_after_enrichment(positive) == []
+    # A low rating was alerted when the row was stored, so sentiment adds nothing.
+    assert POLICY.owed_after_enrichment(low_rating) == []

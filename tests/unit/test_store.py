@@ -10,8 +10,8 @@ import duckdb
 import pytest
 
 from feedbackbot.errors import StoreError, StoreUnavailable
-from feedbackbot.store import SCHEMA_VERSION, FeedbackStore
-from models.feedback import DeliveryResult, FeedbackRecord, IdempotencyClaim, OwedNotification
+from feedbackbot.store import SCHEMA_STATEMENTS, SCHEMA_VERSION, FeedbackStore
+from models.feedback import DeliveryResult, FeedbackRecord, IdempotencyClaim, OwedNotification, Sentiment
 
 
 def make_record(**changes: object) -> FeedbackRecord:
@@ -114,7 +114,7 @@ def test_reopen_keeps_rows_and_schema_version(tmp_path: Path) -> None:
     assert second.get(record.id) == record
     second.close()
     connection = duckdb.connect(str(path), read_only=True)
-    assert connection.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+    assert connection.execute("SELECT max(version) FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
     connection.close()
 
 
@@ -336,3 +336,93 @@ def test_requeue_only_dead_entries(store: FeedbackStore) -> None:
     assert requeued.status == "pending"
     assert requeued.attempts == 0
     assert not_dead is None
+
+
+def pending_record(**changes: object) -> FeedbackRecord:
+    return make_record(sentiment_label=None, sentiment_score=None, model_version=None, **changes)
+
+
+LATE = Sentiment(label="negative", score=0.12, model_version="late-model")
+
+
+def test_version_1_file_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "v1.duckdb"
+    old = duckdb.connect(str(path))
+    for statement in SCHEMA_STATEMENTS:
+        old.execute(statement)
+    old.execute("INSERT INTO schema_version (version) VALUES (1)")
+    record = make_record()
+    old.execute(
+        "INSERT INTO feedback (id, received_at, request_id, customer_name, customer_email, feedback_text, "
+        "rating, sentiment_label, sentiment_score, model_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [record.id, record.received_at, record.request_id, record.customer_name, record.customer_email,
+         record.feedback_text, record.rating, record.sentiment_label, record.sentiment_score, record.model_version],
+    )  # fmt: skip
+    old.close()
+
+    store = FeedbackStore.open(path)
+    waiting = pending_record()
+    store.insert_many([waiting])
+
+    assert store.get(record.id) == record
+    assert store.get(waiting.id) == waiting
+    store.close()
+    connection = duckdb.connect(str(path), read_only=True)
+    assert connection.execute("SELECT version FROM schema_version ORDER BY version").fetchall() == [(1,), (2,)]
+    sequence = dict(connection.execute("SELECT id, change_seq FROM feedback").fetchall())
+    assert sequence[record.id] < sequence[waiting.id]
+
+
+def test_row_without_sentiment_is_listed_until_scored(store: FeedbackStore) -> None:
+    scored = make_record()
+    waiting = pending_record(rating=4)
+    store.commit_submissions([(scored, None, []), (waiting, None, owe("customer"))], now=NOW, idempotency_window_s=DAY_S)
+
+    assert store.pending_enrichment(limit=10, max_attempts=3) == [waiting]
+    assert store.enrichment_counts(max_attempts=3) == {"pending": 1, "given_up": 0}
+
+    updated = store.complete_enrichment([(waiting.with_sentiment(LATE), owe("admin-1"))], now=NOW)
+
+    assert updated == 1
+    assert store.get(waiting.id) == waiting.with_sentiment(LATE)
+    assert store.pending_enrichment(limit=10, max_attempts=3) == []
+    targets = sorted(entry.target for entry in store.list_outbox(status="pending", limit=10))
+    assert targets == ["admin-1", "customer"]
+
+
+def test_late_sentiment_is_stored_once(store: FeedbackStore) -> None:
+    waiting = pending_record()
+    store.insert_many([waiting])
+    store.complete_enrichment([(waiting.with_sentiment(LATE), owe("admin-1"))], now=NOW)
+
+    again = Sentiment(label="positive", score=0.9, model_version="other")
+    updated = store.complete_enrichment([(waiting.with_sentiment(again), owe("admin-1"))], now=NOW)
+
+    assert updated == 0
+    assert store.get(waiting.id).sentiment_label == "negative"
+    assert store.outbox_counts()["pending"] == 1
+
+
+def test_failed_scoring_counts_tries_until_given_up(store: FeedbackStore) -> None:
+    waiting = pending_record()
+    store.insert_many([waiting])
+
+    store.record_enrichment_failure([waiting.id], error_text="model down")
+    assert store.pending_enrichment(limit=10, max_attempts=2) == [waiting]
+    store.record_enrichment_failure([waiting.id], error_text="model down")
+
+    assert store.pending_enrichment(limit=10, max_attempts=2) == []
+    assert store.enrichment_counts(max_attempts=2) == {"pending": 0, "given_up": 1}
+
+
+def test_every_outbox_change_moves_change_seq(store: FeedbackStore) -> None:
+    store.commit_submissions([(make_record(), None, owe("customer"))], now=NOW, idempotency_window_s=DAY_S)
+    def change_seq() -> int:
+        return store._connection.execute("SELECT change_seq FROM outbox").fetchone()[0]
+
+    created = change_seq()
+    [claimed] = store.claim_notifications(now=NOW, limit=10, lease_s=60)
+    leased = change_seq()
+    store.finish_notifications([DeliveryResult(entry_id=claimed.entry.id, outcome="sent")], now=NOW)
+
+    assert created < leased < change_seq()
