@@ -6,7 +6,7 @@ PYTHON := $(VENV)/bin/python
 PIP := $(PYTHON) -m pip
 SYSTEM_PYTHON ?= python3
 
-.PHONY: run stop status test install install-test nginx
+.PHONY: run stop status deploy test install install-test nginx
 
 run: install nginx
 	$(PYTHON) -m feedbackbot.service start
@@ -16,6 +16,10 @@ stop:
 
 status:
 	$(PYTHON) -m feedbackbot.service status
+
+# Applies an edited serve_config.yaml to the running service.
+deploy:
+	$(PYTHON) -m feedbackbot.service deploy
 
 test: install-test nginx
 	$(PYTHON) -m pytest

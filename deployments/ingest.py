@@ -122,7 +122,7 @@ class Ingest:
                 self._validation.validate.remote(payload, from_form), self._timeouts.validation_timeout_s
             )
         except (asyncio.TimeoutError, BackPressureError, ray.exceptions.RayError) as error:
-            logger.error("Validation failed to answer: %s", error_summary(error))
+            logger.error("Validation failed or timed out: %s", error_summary(error))
             return self._unavailable(request, "The feedback could not be checked right now and was not kept")
         if result.errors:
             return error_response(

@@ -117,8 +117,10 @@ class Notification:
     async def _send_forever(self) -> None:
         while not self._stopping:
             try:
+                # Entries of held-back targets stay in the outbox, so that an open circuit
+                # costs no claims.
                 claimed: list[ClaimedNotification] = await self._persistence.claim_notifications.remote(
-                    CLAIM_BATCH_SIZE, self._settings.notify_lease_s
+                    CLAIM_BATCH_SIZE, self._settings.notify_lease_s, self._breaker.held_back()
                 )
             except ray.exceptions.RayError as error:
                 logger.error("Failed to claim notifications, retrying after the poll interval: %s", error_summary(error))

@@ -1,9 +1,9 @@
 """Persistence deployment: the single DuckDB writer, committing in batches.
 
-It also scores, later, the feedback that ingest stored without sentiment because the model
-failed or timed out: every `enrichment_retry_interval_s` it sends such rows to the
-enrichment deployment and stores the result, together with any admin alert that the
-sentiment now calls for, in one transaction.
+It also scores the feedback that ingest stored without sentiment because the model failed
+or timed out. Every `enrichment_retry_interval_s` it sends such rows to the enrichment
+deployment. It stores each result in one transaction with any admin alert that the
+sentiment now calls for.
 """
 
 from __future__ import annotations
@@ -187,10 +187,16 @@ class Persistence:
     async def _analyze(self, text: str) -> Sentiment:
         return await self._enrichment.analyze.remote(text)
 
-    async def claim_notifications(self, limit: int, lease_s: float) -> list[ClaimedNotification]:
-        """Lease due outbox entries to the calling sender."""
+    async def claim_notifications(
+        self, limit: int, lease_s: float, skip_targets: list[str] | None = None
+    ) -> list[ClaimedNotification]:
+        """Lease due outbox entries to the calling sender, except those for `skip_targets`."""
         now = datetime.now(timezone.utc)
-        return await self._run(lambda: self._store.claim_notifications(now=now, limit=limit, lease_s=lease_s))
+        return await self._run(
+            lambda: self._store.claim_notifications(
+                now=now, limit=limit, lease_s=lease_s, skip_targets=skip_targets or []
+            )
+        )
 
     async def finish_notifications(self, results: list[DeliveryResult]) -> None:
         """Record what a sender did with the entries it leased."""

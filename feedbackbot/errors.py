@@ -5,7 +5,10 @@
     ├── ServiceError           the local service (Ray, Nginx, mail sink) failed to start or stop
     ├── StoreError             DuckDB failed to open, write or read the feedback database
     │   └── StoreUnavailable   the writer cannot commit right now, so the client may retry
-    └── EnrichmentError        the sentiment model failed on a batch
+    ├── EnrichmentError        the sentiment model failed on a batch
+    └── SnapshotError          publishing, compacting or reading the Parquet snapshots failed
+        ├── SnapshotNotFound   the snapshot folder has no published snapshot yet
+        └── SnapshotQueryError a query against the snapshots is invalid (SQL, names, types)
 
 Every message states what was attempted, the offending value and the next step to try.
 `error_summary` shortens any error, including Ray's wrapped ones, to one line for logs.
@@ -47,6 +50,18 @@ class StoreUnavailable(StoreError):
 
 class EnrichmentError(FeedbackbotError):
     """The sentiment model failed to score a batch of texts."""
+
+
+class SnapshotError(FeedbackbotError):
+    """Publishing, compacting or reading the Parquet snapshots of the feedback database failed."""
+
+
+class SnapshotNotFound(SnapshotError):
+    """The snapshot folder has no manifest yet: persistence has not published a snapshot there."""
+
+
+class SnapshotQueryError(SnapshotError):
+    """A query against the snapshots is invalid: bad SQL, an unknown name or a type error."""
 
 
 def error_summary(error: BaseException) -> str:

@@ -51,6 +51,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+# Set by the gateway: a hash prefix of the caller's API key.
+KEY_ID_HEADER = "X-Feedbackbot-Key-Id"
 IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
 IDEMPOTENCY_KEY_PARAMETER = {
     "name": IDEMPOTENCY_HEADER,
@@ -64,9 +66,11 @@ IDEMPOTENCY_KEY_PARAMETER = {
 
 
 def idempotency_claim(request: Request, submission: FeedbackSubmission) -> IdempotencyClaim | JSONResponse | None:
-    """Return the request's Idempotency-Key claim, None without the header, or a 422 response."""
-    # TODO: scope keys per API key. The gateway forwards only the key's role, so two clients
-    # that pick the same key share it.
+    """Return the request's Idempotency-Key claim, None without the header, or a 422 response.
+
+    The claim is scoped to the caller's API key through the key id that the gateway sends,
+    so two clients that pick the same Idempotency-Key never see each other's submissions.
+    """
     key = request.headers.get(IDEMPOTENCY_HEADER)
     if key is None:
         return None
@@ -89,7 +93,11 @@ def idempotency_claim(request: Request, submission: FeedbackSubmission) -> Idemp
     # The fingerprint covers the validated submission, so a JSON post and a form post of the
     # same feedback, or two JSON encodings of it, count as the same submission.
     canonical = json.dumps(submission.model_dump(), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return IdempotencyClaim(key=key, body_sha256=hashlib.sha256(canonical.encode()).hexdigest())
+    return IdempotencyClaim(
+        key=key,
+        scope=request.headers.get(KEY_ID_HEADER, ""),
+        body_sha256=hashlib.sha256(canonical.encode()).hexdigest(),
+    )
 
 
 def created_response(record: FeedbackRecord, *, replayed: bool = False) -> JSONResponse:

@@ -75,7 +75,7 @@ class CircuitBreaker:
     """A circuit per target: closed, open, then half-open with a single trial send.
 
     `failure_threshold` failures in a row open a target's circuit for `open_s` seconds,
-    during which `wait_s` tells callers to hold its entries back. After that one caller
+    during which `wait_s` returns how long callers hold its entries back. After that one caller
     gets a trial send (half-open) while the others keep waiting `trial_wait_s`; a
     successful trial closes the circuit and a failed one opens it again.
     """
@@ -112,6 +112,15 @@ class CircuitBreaker:
         self._trial_running.add(target)
         logger.info("Trying target %s once after its circuit was open for %.0f s", target, self._open_s)
         return 0.0
+
+    def held_back(self) -> list[str]:
+        """Return the targets whose entries must wait now: open, or with a trial in flight."""
+        now = self._clock()
+        return [
+            target
+            for target, open_until in self._open_until.items()
+            if open_until > now or target in self._trial_running
+        ]
 
     def record(self, target: str, success: bool) -> None:
         """Count the result of one send to the target."""

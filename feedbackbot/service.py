@@ -20,7 +20,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import httpx
 import yaml
@@ -127,7 +127,7 @@ class Service:
         self._ensure_token()
         self._start_mail_sink()
         self._start_ray()
-        self._deploy_graph()
+        self.deploy()
         self._start_gateway()
         self._wait_for_gateway()
         return keys
@@ -265,8 +265,14 @@ class Service:
         _wait_for_port(ports.dashboard, 90.0, "Ray dashboard", log_path, process)
         self._say(f"Ray is up; dashboard at {self.config.dashboard_url}")
 
-    def _deploy_graph(self) -> None:
-        rendered = self._render_serve_config()
+    def deploy(self, user_configs: Mapping[str, Mapping[str, Any]] | None = None, *, wait: bool = True) -> None:
+        """Deploy the Serve application from serve_config.yaml, or update the running one.
+
+        `user_configs` maps deployment names to keys merged into their `user_config`; Serve
+        applies a changed user_config to running replicas without restarting them. With
+        `wait`, returns once /healthz reports every deployment healthy.
+        """
+        rendered = self._render_serve_config(user_configs or {})
         serve = str(Path(sys.executable).with_name("serve"))
         deadline = time.monotonic() + 60.0
         while True:
@@ -287,10 +293,13 @@ class Service:
             # The dashboard accepts connections a little before its Serve API is ready.
             time.sleep(2.0)
 
+        if not wait:
+            self._say("Deployed the Serve application")
+            return
         self._say("Deployed the Serve application; waiting for every deployment (the model loads first)")
         self._wait_for_graph()
 
-    def _render_serve_config(self) -> Path:
+    def _render_serve_config(self, user_configs: Mapping[str, Mapping[str, Any]]) -> Path:
         with open(self.config.serve_config, encoding="utf-8") as source:
             document = yaml.safe_load(source)
 
@@ -299,6 +308,9 @@ class Service:
             args = application.setdefault("args", {})
             args["db_path"] = str(self.config.db_path)
             args.update(self.config.app_args)
+            for deployment in application.get("deployments", []):
+                if deployment["name"] in user_configs:
+                    deployment.setdefault("user_config", {}).update(user_configs[deployment["name"]])
 
         rendered = self.config.run_dir / "serve_config.yaml"
         rendered.write_text(
@@ -588,7 +600,12 @@ Stop everything with 'make stop'; the data stays in {config.data_dir}.
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m feedbackbot.service", description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=["start", "stop", "status"])
+    parser.add_argument(
+        "action",
+        choices=["start", "stop", "status", "deploy"],
+        help="deploy applies an edited serve_config.yaml to the running service; Serve changes "
+        "a user_config in place and restarts only the deployments whose other settings changed.",
+    )
     parser.add_argument("--data-dir", type=Path, default=ServiceConfig().data_dir, help="Folder for data, keys, logs and pid files.")
     args = parser.parse_args(argv)
 
@@ -600,6 +617,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: running (pid {pid})")
         if not parts:
             print("feedbackbot is not running.")
+        return 0
+
+    if args.action == "deploy":
+        if "ray" not in service.running_parts():
+            print("error: feedbackbot is not running; start it with 'make run'.", file=sys.stderr)
+            return 1
+        try:
+            service.deploy()
+        except ServiceError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
         return 0
 
     if args.action == "stop":

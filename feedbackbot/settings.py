@@ -84,7 +84,7 @@ class StageTimeouts(BaseModel):
 
 
 class EnrichmentRetrySettings(BaseModel):
-    """How persistence scores the rows that were stored without sentiment."""
+    """Late scoring: the persistence deployment's retries for rows stored without sentiment."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -82,9 +82,9 @@ SCHEMA_STATEMENTS = (
 )
 
 # Statements that bring a file from the version before each key to that version.
-# Version 2: sentiment may be missing (enrichment failed; filled in later), and every row
-# carries change_seq, which grows with each insert or update so that readers can copy
-# what changed since they last looked.
+# Version 2: sentiment may be missing when enrichment failed, because it is filled in later.
+# Every row also carries change_seq. It grows with each insert or update, so readers can
+# copy what changed since they last looked.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     2: (
         "CREATE SEQUENCE IF NOT EXISTS change_seq",
@@ -241,20 +241,20 @@ class FeedbackStore:
                     outcomes.append(StoreOutcome(status="created", record=record))
                     continue
 
-                earlier = claimed_in_batch.get(claim.key) or self._claimed(claim.key, cutoff)
+                earlier = claimed_in_batch.get(claim.scoped_key) or self._claimed(claim.scoped_key, cutoff)
                 if earlier is not None:
                     earlier_sha256, original = earlier
                     status = "replayed" if earlier_sha256 == claim.body_sha256 else "conflict"
                     outcomes.append(StoreOutcome(status=status, record=original if status == "replayed" else None))
                     continue
 
-                self._connection.execute("DELETE FROM idempotency_keys WHERE idempotency_key = ?", [claim.key])
+                self._connection.execute("DELETE FROM idempotency_keys WHERE idempotency_key = ?", [claim.scoped_key])
                 self._connection.execute(
                     "INSERT INTO idempotency_keys (idempotency_key, body_sha256, feedback_id, created_at) "
                     "VALUES (?, ?, ?, ?)",
-                    [claim.key, claim.body_sha256, record.id, now],
+                    [claim.scoped_key, claim.body_sha256, record.id, now],
                 )
-                claimed_in_batch[claim.key] = (claim.body_sha256, record)
+                claimed_in_batch[claim.scoped_key] = (claim.body_sha256, record)
                 fresh.append(record)
                 owed_rows.extend(_outbox_row(record, notification, now) for notification in owed)
                 outcomes.append(StoreOutcome(status="created", record=record))
@@ -280,7 +280,7 @@ class FeedbackStore:
         """Return the outcome of an earlier use of this key within the window, or None."""
         cutoff = now - timedelta(seconds=idempotency_window_s)
         try:
-            earlier = self._claimed(claim.key, cutoff)
+            earlier = self._claimed(claim.scoped_key, cutoff)
         except duckdb.Error as error:
             raise StoreError(f"Failed to look up an Idempotency-Key in {self.path}: {error}") from error
 
@@ -301,11 +301,14 @@ class FeedbackStore:
             raise StoreError(f"Failed to purge expired Idempotency-Keys in {self.path}: {error}") from error
         return len(deleted)
 
-    def claim_notifications(self, *, now: datetime, limit: int, lease_s: float) -> list[ClaimedNotification]:
+    def claim_notifications(
+        self, *, now: datetime, limit: int, lease_s: float, skip_targets: Sequence[str] = ()
+    ) -> list[ClaimedNotification]:
         """Lease up to `limit` due outbox entries to the caller and return them with their feedback.
 
         A leased entry is not due again until `lease_s` has passed, so a sender that dies
-        mid-send leaves its entries to be tried again after the lease.
+        mid-send leaves its entries to be tried again after the lease. Entries for
+        `skip_targets` are left alone.
         """
         columns = ", ".join(OUTBOX_COLUMNS)
         try:
@@ -313,8 +316,8 @@ class FeedbackStore:
             rows = self._connection.execute(
                 f"UPDATE outbox SET next_attempt_at = ?, change_seq = nextval('change_seq') WHERE id IN ("
                 "SELECT id FROM outbox WHERE status = 'pending' AND next_attempt_at <= ? "
-                f"ORDER BY next_attempt_at LIMIT ?) RETURNING {columns}",
-                [now + timedelta(seconds=lease_s), now, limit],
+                f"AND NOT list_contains(?::VARCHAR[], target) ORDER BY next_attempt_at LIMIT ?) RETURNING {columns}",
+                [now + timedelta(seconds=lease_s), now, list(skip_targets), limit],
             ).fetchall()
             claimed = []
             for row in rows:

@@ -37,10 +37,13 @@ require_integer() {
 }
 
 render_keys() {
-    # Turn "ROLE KEY" lines into an nginx map include. Keys must be plain tokens so that
-    # no key can break out of the map syntax.
-    local line_number=0 role key rest
+    # Turn "ROLE KEY" lines into two nginx map includes: key -> role and key -> key id.
+    # The key id is the first 12 hex digits of the key's SHA-256; the graph uses it to keep
+    # each client's Idempotency-Keys apart. Keys must be plain tokens so that no key can
+    # break out of the map syntax.
+    local line_number=0 role key rest key_id
     : > "$run_dir/api-keys.map.new"
+    : > "$run_dir/api-key-ids.map.new"
     while IFS= read -r line || [[ -n $line ]]; do
         line_number=$((line_number + 1))
         [[ -z ${line// } || $line =~ ^[[:space:]]*# ]] && continue
@@ -51,7 +54,10 @@ render_keys() {
             || fail "$keys_file line $line_number: invalid key; use 16 to 128 letters, digits, - or _"
         [[ -z $rest ]] || fail "$keys_file line $line_number: expected 'ROLE KEY' and nothing more"
         printf '"%s" %s;\n' "$key" "$role" >> "$run_dir/api-keys.map.new"
+        key_id=$(printf '%s' "$key" | sha256sum)
+        printf '"%s" k-%s;\n' "$key" "${key_id:0:12}" >> "$run_dir/api-key-ids.map.new"
     done < "$keys_file"
+    mv "$run_dir/api-key-ids.map.new" "$run_dir/api-key-ids.map"
     mv "$run_dir/api-keys.map.new" "$run_dir/api-keys.map"
 }
 

@@ -98,7 +98,13 @@ class IdempotencyClaim(BaseModel):
     """A client's Idempotency-Key with the fingerprint of the submission it was sent with."""
 
     key: str = Field(description="The Idempotency-Key header, 1 to 255 printable ASCII characters.")
+    scope: str = Field(default="", description="Id of the caller's API key; keys are unique per scope.")
     body_sha256: str = Field(description="SHA-256 of the validated submission as canonical JSON.")
+
+    @property
+    def scoped_key(self) -> str:
+        """The key as stored: scope and key, so that each API key has its own key space."""
+        return f"{self.scope}/{self.key}"
 
 
 class AcceptedSubmission(BaseModel):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import email
 import email.policy
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -79,15 +81,21 @@ class Stack:
             time.sleep(0.2)
         pytest.fail(f"The expected mail did not arrive within {timeout_s} s; the sink holds {len(messages)} messages.")
 
+    def log_lines(self, deployment: str) -> list[str]:
+        """Return every Serve log line that the replicas of `deployment` wrote so far."""
+        folder = self.service.config.ray_temp_dir / "session_latest" / "logs" / "serve"
+        lines = []
+        for path in folder.glob(f"replica_feedbackbot_{deployment}_*.log"):
+            lines.extend(path.read_text(encoding="utf-8", errors="replace").splitlines())
+        return lines
+
     def wait_for_log(self, deployment: str, fragment: str, timeout_s: float = 60.0) -> str:
         """Return the first Serve log line of `deployment` that contains `fragment`."""
-        folder = self.service.config.ray_temp_dir / "session_latest" / "logs" / "serve"
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            for path in folder.glob(f"replica_feedbackbot_{deployment}_*.log"):
-                for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-                    if fragment in line:
-                        return line
+            for line in self.log_lines(deployment):
+                if fragment in line:
+                    return line
             time.sleep(0.2)
         pytest.fail(f"No {deployment} log line containing {fragment!r} within {timeout_s} s.")
 
@@ -134,8 +142,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    data_dir = tmp_path_factory.mktemp("feedbackbot-data")
+def stack() -> Iterator[Stack]:
+    # Not under pytest's tmp_path: pytest deletes old base folders when another pytest run
+    # starts, which would take the mail folder and pid files from under a running stack.
+    data_dir = Path(tempfile.mkdtemp(prefix="feedbackbot-integration-"))
     keys = Keys(
         submit=new_api_key(),
         admin=new_api_key(),
@@ -157,15 +167,20 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "customer_notify_url": sink,
             # The second admin target has no server behind it, so its entries end up dead.
             "admin_notify_urls": [f"{sink}&to={ADMIN_ADDRESS}", DEAD_TARGET_URL],
-            "notify_max_attempts": 6,
-            "notify_backoff_base_s": 0.2,
-            "notify_backoff_max_s": 1.0,
+            # Tries span at least 6 s (full jitter halves each wait at most), longer than
+            # the mail outage of the chaos test, while dead-target entries die within 13 s.
+            "notify_max_attempts": 8,
+            "notify_backoff_base_s": 0.25,
+            "notify_backoff_max_s": 3.0,
             # High enough that the dead target never opens its circuit here; the
             # breaker itself is covered by unit tests.
             "notify_circuit_failures": 100000,
             "notify_circuit_open_s": 1.0,
             # Entries leased by a killed notification replica are sent again after this.
             "notify_lease_s": 15.0,
+            # Rows stored without sentiment during the enrichment drill are scored soon after.
+            "enrichment_retry_interval_s": 1.0,
+            "enrichment_max_attempts": 1000,
         },
         rate_per_key_rps=RATE_PER_KEY_RPS,
         rate_burst=RATE_BURST,
@@ -190,3 +205,4 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
     leftovers = [pid for pid in [*parts.values(), *ray_tree] if _is_alive(pid)]
     assert leftovers == [], f"processes still running after stop: {leftovers}"
+    shutil.rmtree(data_dir)

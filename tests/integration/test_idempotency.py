@@ -52,6 +52,21 @@ def test_repeat_returns_original(stack: Stack) -> None:
     stack.mailed_once.add(first.json()["id"])
 
 
+def test_same_key_from_two_api_keys_stored_twice(stack: Stack) -> None:
+    key = f"shared-{uuid.uuid4()}"
+    mine, theirs = submission(), submission()
+
+    first = post(stack, mine, key)
+    with stack.client(stack.keys.rate_limited) as client:
+        second = client.post("/v1/feedback", json=theirs, headers={"Idempotency-Key": key})
+
+    assert first.status_code == 201, first.text
+    assert second.status_code == 201, second.text
+    remember(stack, first, mine)
+    remember(stack, second, theirs)
+    assert first.json()["id"] != second.json()["id"]
+
+
 def test_form_repeat_of_json_replayed(stack: Stack) -> None:
     payload = submission()
     key = f"form-{uuid.uuid4()}"

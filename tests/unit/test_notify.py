@@ -115,7 +115,7 @@ def open_breaker(clock: FakeClock) -> CircuitBreaker:
     return breaker
 
 
-def test_breaker_lets_one_trial_through_after_the_open_period() -> None:
+def test_breaker_allows_one_trial() -> None:
     clock = FakeClock()
     breaker = open_breaker(clock)
 
@@ -134,6 +134,20 @@ def test_successful_trial_closes_the_circuit() -> None:
     assert [breaker.wait_s("smtp") for _ in range(3)] == [0.0, 0.0, 0.0]
     breaker.record("smtp", success=False)
     assert breaker.wait_s("smtp") == 0.0
+
+
+def test_held_back_lists_open_and_trial_targets() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(failure_threshold=1, open_s=30.0, clock=clock)
+    breaker.record("smtp", success=False)
+    breaker.record("webhook", success=False)
+    breaker.record("chat", success=True)
+
+    assert sorted(breaker.held_back()) == ["smtp", "webhook"]
+    clock.now += 30.0
+    assert breaker.held_back() == []
+    assert breaker.wait_s("smtp") == 0.0
+    assert breaker.held_back() == ["smtp"]
 
 
 def test_failed_trial_opens_the_circuit_again() -> None:

@@ -180,6 +180,18 @@ def test_claim_other_body_conflicts(store: FeedbackStore) -> None:
     assert store.get(other.id) is None
 
 
+def test_same_key_in_two_scopes_stores_both(store: FeedbackStore) -> None:
+    first, second = make_record(), make_record()
+    mine = IdempotencyClaim(key="k5", scope="k-aaaa", body_sha256="a" * 64)
+    theirs = IdempotencyClaim(key="k5", scope="k-bbbb", body_sha256="b" * 64)
+
+    outcomes = store.commit_submissions([(first, mine, []), (second, theirs, [])], now=NOW, idempotency_window_s=DAY_S)
+
+    assert [outcome.status for outcome in outcomes] == ["created", "created"]
+    assert store.find_claim(theirs, now=NOW, idempotency_window_s=DAY_S).record == second
+    assert store.count() == 2
+
+
 def test_same_key_twice_in_one_batch(store: FeedbackStore) -> None:
     first, second, third = make_record(), make_record(), make_record()
 
@@ -297,6 +309,16 @@ def test_claim_leases_entries(store: FeedbackStore) -> None:
     assert [claimed.record for claimed in first] == [record]
     assert during_lease == []
     assert [claimed.entry.id for claimed in after_lease] == [first[0].entry.id]
+
+
+def test_claim_skips_held_back_targets(store: FeedbackStore) -> None:
+    store.commit_submissions([(make_record(), None, owe("customer", "admin-1"))], now=NOW, idempotency_window_s=DAY_S)
+
+    claimed = store.claim_notifications(now=NOW, limit=10, lease_s=60, skip_targets=["admin-1"])
+    later = store.claim_notifications(now=NOW, limit=10, lease_s=60)
+
+    assert [item.entry.target for item in claimed] == ["customer"]
+    assert [item.entry.target for item in later] == ["admin-1"]
 
 
 def test_finish_records_each_outcome(store: FeedbackStore) -> None:
