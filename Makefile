@@ -1,12 +1,13 @@
 # feedbackbot: `make run` installs and starts the service, `make test` installs and runs the
-# tests, `make stop` stops what `make run` started. See README.md.
+# tests, `make stop` stops what `make run` started, `make bench` runs the benchmark suite and
+# writes docs/benchmarks.md. See README.md.
 
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 PIP := $(PYTHON) -m pip
 SYSTEM_PYTHON ?= python3
 
-.PHONY: run stop status deploy test install install-test nginx
+.PHONY: run stop status deploy test bench install install-test install-bench nginx
 
 run: install nginx
 	$(PYTHON) -m feedbackbot.service start
@@ -24,9 +25,16 @@ deploy:
 test: install-test nginx
 	$(PYTHON) -m pytest
 
+# About 15 minutes on 2 cores. BENCH_ARGS passes options, for example BENCH_ARGS=--quick for
+# a smoke run; see `.venv/bin/python -m bench.run --help`.
+bench: install-bench nginx
+	$(PYTHON) -m bench.run $(BENCH_ARGS)
+
 install: $(VENV)/.installed
 
 install-test: $(VENV)/.installed-test
+
+install-bench: $(VENV)/.installed-bench
 
 # torch comes first and pinned: a plain "torch" requirement would pull a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml
@@ -38,6 +46,10 @@ $(VENV)/.installed: pyproject.toml
 
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(PIP) install --quiet -e '.[test]'
+	touch $@
+
+$(VENV)/.installed-bench: $(VENV)/.installed
+	$(PIP) install --quiet -e '.[bench]'
 	touch $@
 
 nginx:

@@ -34,7 +34,12 @@ def build_app(args: dict[str, Any]) -> Application:
 
     enrichment = Enrichment.bind(settings.sentiment_model, settings.torch_threads)
     persistence = Persistence.bind(
-        settings.db_path, settings.idempotency_window_s, policy, enrichment, settings.enrichment_retry()
+        settings.db_path,
+        settings.idempotency_window_s,
+        policy,
+        enrichment,
+        settings.enrichment_retry(),
+        settings.snapshots(),
     )
     return Ingest.bind(
         Validation.bind(),

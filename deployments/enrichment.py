@@ -44,6 +44,28 @@ class Enrichment:
         )
         return Sentiment(label=label, score=score, model_version=self._model.version)
 
+    async def analyze_many(self, texts: list[str]) -> list[Sentiment]:
+        """Return the sentiment of each text of a submitted batch, in order.
+
+        The texts are scored directly, sorted by length in chunks of max_batch_size, without
+        waiting for other callers.
+        """
+        await self._run_failure_drill(len(texts))
+        try:
+            scores = await asyncio.to_thread(
+                self._model.predict_positive, texts, batch_size=self._settings.max_batch_size
+            )
+        except (RuntimeError, ValueError) as error:
+            raise EnrichmentError(
+                f"Sentiment model {self._model.version} failed on a batch of {len(texts)} texts: {error}"
+            ) from error
+
+        band = {"neutral_low": self._settings.neutral_low, "neutral_high": self._settings.neutral_high}
+        return [
+            Sentiment(label=label_for_score(score, **band), score=score, model_version=self._model.version)
+            for score in scores
+        ]
+
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
     async def _score_batch(self, texts: list[str]) -> list[float]:
         await self._run_failure_drill(len(texts))

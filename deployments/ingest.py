@@ -27,6 +27,9 @@ from feedbackbot.http_api import (
     IDEMPOTENCY_KEY_PARAMETER,
     await_response,
     await_within,
+    batch_claims,
+    batch_envelope,
+    batch_item,
     created_response,
     error_response,
     form_payload,
@@ -38,6 +41,8 @@ from feedbackbot.http_api import (
 )
 from models.feedback import (
     AcceptedSubmission,
+    BatchCreated,
+    FeedbackBatch,
     FeedbackCreated,
     FeedbackRecord,
     FeedbackSubmission,
@@ -53,6 +58,7 @@ from models.feedback import (
 logger = logging.getLogger("ray.serve")
 
 MAX_BODY_BYTES = 64 * 1024
+MAX_BATCH_BODY_BYTES = 4 * 1024 * 1024
 HEALTH_TIMEOUT_S = 5.0
 RETRY_AFTER_S = 5
 HANDOVER_TIMEOUT_S = 10.0
@@ -204,6 +210,118 @@ class Ingest:
             f"{problem}; {advice} after {RETRY_AFTER_S} seconds.",
             retry_after_s=RETRY_AFTER_S,
         )
+
+    @api.post(
+        "/v1/feedback:batch",
+        response_model=BatchCreated,
+        responses=ERROR_RESPONSES,
+        summary="Submit up to 500 feedbacks at once",
+        description="Each submission is validated on its own and gets its own result; the valid "
+        "ones are scored and committed in one transaction. With an Idempotency-Key header, item i "
+        "is keyed `<key>#<i>`, so a retry of the whole batch stores nothing twice.",
+        openapi_extra={
+            "parameters": [IDEMPOTENCY_KEY_PARAMETER],
+            "requestBody": {"required": True, "content": {JSON_TYPE: {"schema": FeedbackBatch.model_json_schema()}}},
+        },
+    )
+    async def submit_batch(self, request: Request) -> JSONResponse:
+        body = await request.body()
+        if len(body) > MAX_BATCH_BODY_BYTES:
+            return error_response(
+                request, 413, "payload_too_large", f"The body has {len(body)} bytes; send at most {MAX_BATCH_BODY_BYTES}."
+            )
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type != JSON_TYPE:
+            return error_response(
+                request, 415, "unsupported_media_type", f"Content-Type {content_type!r} is not supported; send {JSON_TYPE}."
+            )
+        items = batch_envelope(request, body)
+        if isinstance(items, JSONResponse):
+            return items
+
+        try:
+            checked: list[ValidationResult] = await await_within(
+                self._validation.validate_many.remote(items), self._timeouts.validation_timeout_s
+            )
+        except (asyncio.TimeoutError, BackPressureError, ray.exceptions.RayError) as error:
+            logger.error("Validation of a batch failed or timed out: %s", error_summary(error))
+            return self._unavailable(request, "The batch could not be checked right now and was not kept")
+        claims = batch_claims(request, [result.submission for result in checked])
+        if isinstance(claims, JSONResponse):
+            return claims
+
+        try:
+            outcomes = await self._store_batch(request, checked, claims)
+        except asyncio.TimeoutError:
+            logger.error("The commit of a batch took longer than %.1f s; its outcome is unknown", self._timeouts.persistence_timeout_s)
+            return self._unavailable(
+                request,
+                "The database did not confirm the batch in time, so it may or may not be stored",
+                same_key=True,
+            )
+        except (StoreError, BackPressureError, ray.exceptions.RayError) as error:
+            logger.error("A batch was not stored: %s", error_summary(error))
+            return self._unavailable(request, "The batch could not be stored right now and was not kept")
+
+        results = [
+            batch_item(index, outcomes.get(index), result.errors or None) for index, result in enumerate(checked)
+        ]
+        accepted = sum(1 for result in results if result.status in ("created", "replayed"))
+        created = sum(1 for result in results if result.status == "created")
+        logger.info("Stored %d of a batch of %d (%d accepted before)", created, len(results), accepted - created)
+        if created:
+            self._wake_sender()
+        response = BatchCreated(accepted=accepted, rejected=len(results) - accepted, results=results)
+        return JSONResponse(response.model_dump(mode="json"))
+
+    async def _store_batch(
+        self, request: Request, checked: list[ValidationResult], claims: list[IdempotencyClaim | None]
+    ) -> dict[int, StoreOutcome]:
+        """Commit the valid items of a batch that no earlier request stored; return outcomes by index."""
+        timeout_s = self._timeouts.persistence_timeout_s
+        outcomes: dict[int, StoreOutcome] = {}
+
+        keyed = [index for index, claim in enumerate(claims) if claim is not None]
+        if keyed:
+            earlier = await await_within(
+                self._persistence.find_claims.remote([claims[index] for index in keyed]), timeout_s
+            )
+            outcomes.update((index, outcome) for index, outcome in zip(keyed, earlier) if outcome is not None)
+
+        fresh = [index for index, result in enumerate(checked) if result.submission is not None and index not in outcomes]
+        if not fresh:
+            return outcomes
+
+        now = datetime.now(timezone.utc)
+        accepted = [
+            AcceptedSubmission(
+                id=uuid.uuid4(),
+                received_at=now,
+                request_id=request_id_of(request),
+                submission=checked[index].submission,
+                idempotency=claims[index],
+            )
+            for index in fresh
+        ]
+        sentiments = await self._score_many(accepted)
+        stored: list[StoreOutcome] = await await_within(
+            self._persistence.store_many.remote(list(zip(accepted, sentiments))), timeout_s
+        )
+        outcomes.update(zip(fresh, stored))
+        return outcomes
+
+    async def _score_many(self, accepted: list[AcceptedSubmission]) -> list[Sentiment | None]:
+        """Return the sentiment of each item, or None for all when the model fails or is too slow."""
+        timeout_s = self._timeouts.enrichment_batch_timeout_s
+        texts = [item.submission.feedback_text for item in accepted]
+        try:
+            return await await_within(self._enrichment.analyze_many.remote(texts), timeout_s)
+        except asyncio.TimeoutError:
+            problem = f"took longer than {timeout_s:g} s"
+        except (EnrichmentError, BackPressureError, ray.exceptions.RayError) as error:
+            problem = f"failed: {error_summary(error)}"
+        logger.warning("Sentiment of a batch of %d %s; storing it without sentiment to score later", len(texts), problem)
+        return [None] * len(texts)
 
     def _answer_repeat(self, request: Request, outcome: StoreOutcome, claim: IdempotencyClaim) -> JSONResponse:
         """Return the response to a repeated Idempotency-Key: the original 201, or 409 for another submission."""

@@ -21,9 +21,11 @@ from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
-from feedbackbot.errors import EnrichmentError, StoreError, error_summary
+from feedbackbot.errors import EnrichmentError, SnapshotError, StoreError, error_summary
 from feedbackbot.notify import NotificationPolicy
 from feedbackbot.settings import BatchSettings, EnrichmentRetrySettings, load_settings, resolve_path
+from feedbackbot.snapshot_settings import SnapshotSettings
+from feedbackbot.snapshots import SnapshotPublisher
 from feedbackbot.store import FeedbackStore
 from models.feedback import (
     AcceptedSubmission,
@@ -57,6 +59,7 @@ class Persistence:
         policy: NotificationPolicy,
         enrichment: DeploymentHandle,
         retry: EnrichmentRetrySettings,
+        snapshots: SnapshotSettings,
     ) -> None:
         path = resolve_path(db_path)
         self._idempotency_window_s = idempotency_window_s
@@ -73,6 +76,12 @@ class Persistence:
         self._scorer = asyncio.get_running_loop().create_task(self._score_pending_forever())
         self._scorer.add_done_callback(self._report_scorer_exit)
 
+        self._snapshot_dir = resolve_path(snapshots.snapshot_dir)
+        self._publisher = await self._run(SnapshotPublisher.open, snapshots)
+        self._publisher.start_compaction()
+        self._last_publish_error: str | None = None
+        self._publishing = asyncio.get_running_loop().create_task(self._publish_forever())
+
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply batch size and batch wait from user_config without a restart."""
         settings = load_settings(BatchSettings, user_config)
@@ -86,6 +95,10 @@ class Persistence:
         `sentiment` is None when enrichment failed; the row is then scored later. Returns
         only after the commit.
         """
+        record = self._record(accepted, sentiment)
+        return await self._commit_batch((record, accepted.idempotency, self._policy.owed(record)))
+
+    def _record(self, accepted: AcceptedSubmission, sentiment: Sentiment | None) -> FeedbackRecord:
         submission = accepted.submission
         record = FeedbackRecord(
             id=accepted.id,
@@ -96,9 +109,30 @@ class Persistence:
             feedback_text=submission.feedback_text,
             rating=submission.rating,
         )
-        if sentiment is not None:
-            record = record.with_sentiment(sentiment)
-        return await self._commit_batch((record, accepted.idempotency, self._policy.owed(record)))
+        return record if sentiment is None else record.with_sentiment(sentiment)
+
+    async def store_many(self, items: list[tuple[AcceptedSubmission, Sentiment | None]]) -> list[StoreOutcome]:
+        """Commit the items of a submitted batch in one transaction; returns after the commit."""
+        now = datetime.now(timezone.utc)
+        entries = []
+        for accepted, sentiment in items:
+            record = self._record(accepted, sentiment)
+            entries.append((record, accepted.idempotency, self._policy.owed(record)))
+
+        outcomes = await self._run(
+            lambda: self._store.commit_submissions(entries, now=now, idempotency_window_s=self._idempotency_window_s)
+        )
+        created = sum(1 for outcome in outcomes if outcome.status == "created")
+        logger.info("Committed %d feedback row(s) of a submitted batch of %d", created, len(items))
+        return outcomes
+
+    async def find_claims(self, claims: list[IdempotencyClaim]) -> list[StoreOutcome | None]:
+        """Return the outcome of an earlier use of each Idempotency-Key, or None, in order."""
+        now = datetime.now(timezone.utc)
+        window_s = self._idempotency_window_s
+        return await self._run(
+            lambda: [self._store.find_claim(claim, now=now, idempotency_window_s=window_s) for claim in claims]
+        )
 
     async def find_claim(self, claim: IdempotencyClaim) -> StoreOutcome | None:
         """Return the outcome of an earlier use of this Idempotency-Key, or None."""
@@ -140,6 +174,24 @@ class Persistence:
                 full_batch = False
             if not full_batch:
                 await asyncio.sleep(self._retry.enrichment_retry_interval_s)
+
+    async def _publish_forever(self) -> None:
+        """Publish a snapshot for readers every snapshot_publish_interval_s, until the replica stops."""
+        interval_s = self._publisher.settings.snapshot_publish_interval_s
+        logger.info("Started publishing snapshots to %s every %.1f s", self._snapshot_dir, interval_s)
+        while True:
+            await self._publish_once()
+            await asyncio.sleep(interval_s)
+
+    async def _publish_once(self) -> None:
+        try:
+            # The store's thread runs the publish between two transactions, so it reads only committed rows.
+            await self._run(self._store.publish_snapshot, self._publisher)
+        except SnapshotError as error:
+            self._last_publish_error = error_summary(error)
+            logger.error("Failed to publish a snapshot, retrying at the next interval: %s", self._last_publish_error)
+            return
+        self._last_publish_error = None
 
     def _report_scorer_exit(self, task: asyncio.Task[None]) -> None:
         if task.cancelled():
@@ -222,12 +274,19 @@ class Persistence:
         outbox = await self._run(self._store.outbox_counts)
         waiting = await self._run(lambda: self._store.enrichment_counts(max_attempts=self._retry.enrichment_max_attempts))
         scorer_running = not self._scorer.done()
+        snapshots_ok = not self._publishing.done() and self._publisher.compaction_running and self._last_publish_error is None
         return {
-            "status": "ok" if scorer_running else "failing",
+            "status": "ok" if scorer_running and snapshots_ok else "failing",
             "db_path": str(self._store.path),
             "outbox": outbox,
             "without_sentiment": waiting,
             "late_scoring_running": scorer_running,
+            "snapshots": {
+                "dir": str(self._snapshot_dir),
+                "publishing": not self._publishing.done(),
+                "compaction_running": self._publisher.compaction_running,
+                "last_error": self._last_publish_error,
+            },
         }
 
     async def _run(self, function: Callable[..., ResultT], *args: Any) -> ResultT:
@@ -236,10 +295,18 @@ class Persistence:
 
     def __del__(self) -> None:
         # Serve calls __del__ when it stops the replica; closing checkpoints the WAL.
-        scorer = getattr(self, "_scorer", None)
-        if scorer is not None:
-            scorer.cancel()
+        for task in (getattr(self, "_scorer", None), getattr(self, "_publishing", None)):
+            if task is not None:
+                task.cancel()
         store = getattr(self, "_store", None)
+        publisher = getattr(self, "_publisher", None)
+        if store is not None and publisher is not None:
+            # A last publish, so that readers see every row committed before the stop.
+            try:
+                self._executor.submit(store.publish_snapshot, publisher).result()
+            except SnapshotError as error:
+                logger.error("Failed to publish the last snapshot before stopping: %s", error_summary(error))
+            publisher.close()
         if store is not None:
             self._executor.submit(store.close).result()
             self._executor.shutdown()

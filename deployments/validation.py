@@ -23,5 +23,13 @@ class Validation:
             logger.info("Rejected a submission: invalid %s", fields)
         return result
 
+    def validate_many(self, payloads: list[object]) -> list[ValidationResult]:
+        """Validate the items of a batch, each on its own, in order."""
+        results = [validate_submission(payload) for payload in payloads]
+        rejected = sum(1 for result in results if result.errors)
+        if rejected:
+            logger.info("Rejected %d of %d submissions in a batch", rejected, len(results))
+        return results
+
     def health(self) -> dict[str, str]:
         return {"status": "ok"}

@@ -8,21 +8,34 @@ returning the exit code, then append it to `_SUBCOMMAND_PARSERS`.
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import logging
 import math
 import os
+import shutil
 import sys
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
+from typing import TextIO
+from uuid import UUID
 
 import httpx
 
-from feedbackbot import submit
+from feedbackbot import analysis, submit
+from feedbackbot.errors import SnapshotError, SnapshotNotFound, SnapshotQueryError
 
 EXIT_OK = 0
-EXIT_FAILED = 1  # some request failed: 5xx after retries, timeout or connection error
-EXIT_USAGE = 2  # bad arguments, unreadable input, no API key, or a key the server rejected
+# submit: some request failed (5xx after retries, timeout, connection error);
+# export and query: reading the snapshot or writing the output failed.
+EXIT_FAILED = 1
+# Bad arguments, unreadable input, no API key, a key the server rejected, invalid SQL or date.
+EXIT_USAGE = 2
+EXIT_NO_DATA = 3  # export and query: no snapshot has been published in the folder yet
 EXIT_INTERRUPTED = 130
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -303,10 +316,236 @@ def _run_submit(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- export and query ------------------------------------------------------------------------
+
+_SNAPSHOT_EPILOG = f"""\
+export and query read the Parquet snapshots that the persistence deployment publishes every
+few seconds, never the service's DuckDB file. The snapshot folder is --snapshot-dir, else
+${analysis.SNAPSHOT_DIR_ENV}, else data/snapshots under $FEEDBACKBOT_HOME or the current
+directory. docs/schema.md describes the columns. The output contains customer names, email
+addresses and texts.
+
+Exit status:
+  0  done
+  1  reading the snapshot or writing the output failed
+  2  usage error: bad arguments, an invalid date or invalid SQL
+  3  no snapshot has been published in the folder yet
+"""
+
+# Share of the export, in percent, between two progress lines when stderr is not a terminal.
+_PROGRESS_STEP_PERCENT = 10.0
+
+
+def _since_argument(text: str) -> datetime:
+    try:
+        return analysis.parse_since(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_snapshot_dir_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--snapshot-dir",
+        type=Path,
+        metavar="DIR",
+        help=f"snapshot folder, the one that contains manifest.json (default: ${analysis.SNAPSHOT_DIR_ENV}, "
+        "else data/snapshots)",
+    )
+
+
+def _add_export_parser(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    parser = subparsers.add_parser(
+        "export",
+        parents=[common],
+        help="write feedback or notifications since a date to a Parquet or CSV file",
+        description="Write the newest version of each feedback row received since DATE (or of each\n"
+        "outbox entry created since DATE), oldest first, to a Parquet or CSV file.",
+        epilog=_SNAPSHOT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--format", required=True, choices=("parquet", "csv"), help="output file format")
+    parser.add_argument(
+        "--since",
+        required=True,
+        type=_since_argument,
+        metavar="DATE",
+        help="first day to export, YYYY-MM-DD in UTC, or an ISO 8601 time such as 2026-12-01T08:00:00+01:00",
+    )
+    parser.add_argument(
+        "--table",
+        choices=tuple(analysis.EXPORT_TIME_COLUMNS),
+        default="feedback",
+        help="feedback filters on received_at, notifications on created_at (default: feedback)",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        metavar="PATH",
+        help="file to write, replaced if it exists (default: TABLE-since-DATE.FORMAT in the current directory)",
+    )
+    _add_snapshot_dir_argument(parser)
+    parser.set_defaults(handler=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    output = args.output or Path(f"{args.table}-since-{args.since.date().isoformat()}.{args.format}")
+    if not output.parent.absolute().is_dir():
+        _print_error(args, f"the folder of --output {output} does not exist; create it or choose another path")
+        return EXIT_USAGE
+
+    try:
+        connection = analysis.connect(args.snapshot_dir)
+    except SnapshotError as exc:
+        return _report_snapshot_error(args, exc)
+
+    with connection:
+        try:
+            total = analysis.count_since(connection, args.table, args.since)
+            print(
+                f"Exporting {total} rows of {args.table} since {args.since.isoformat()} to {output}",
+                file=sys.stderr,
+            )
+            started = time.monotonic()
+            rows = analysis.export(
+                connection,
+                view=args.table,
+                since=args.since,
+                output=output,
+                file_format=args.format,
+                on_progress=_progress_printer(sys.stderr),
+            )
+        except SnapshotError as exc:
+            _end_progress_line(sys.stderr)
+            return _report_snapshot_error(args, exc)
+        except KeyboardInterrupt:
+            _end_progress_line(sys.stderr)
+            _print_error(args, f"interrupted, so {output} was not written")
+            return EXIT_INTERRUPTED
+
+    _end_progress_line(sys.stderr)
+    size_mib = output.stat().st_size / 2**20
+    print(
+        f"Exported {rows} rows to {output} ({size_mib:.1f} MiB) in {time.monotonic() - started:.1f} s",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def _progress_printer(stream: TextIO) -> Callable[[float], None]:
+    """Return a callback that shows export progress: one updated line on a terminal, else a line per step."""
+    next_step = [_PROGRESS_STEP_PERCENT]
+
+    def show(percent: float) -> None:
+        if stream.isatty():
+            print(f"\r  {percent:5.1f}% exported", end="", file=stream, flush=True)
+        elif percent >= next_step[0]:
+            print(f"  {percent:.0f}% exported", file=stream, flush=True)
+            next_step[0] = (percent // _PROGRESS_STEP_PERCENT + 1) * _PROGRESS_STEP_PERCENT
+
+    return show
+
+
+def _end_progress_line(stream: TextIO) -> None:
+    if stream.isatty():
+        print("\r\033[K", end="", file=stream, flush=True)
+
+
+def _add_query_parser(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    parser = subparsers.add_parser(
+        "query",
+        parents=[common],
+        help="run a SQL query on the snapshots and print the result",
+        description="Run a DuckDB SQL query on the views feedback, notifications, feedback_daily and\n"
+        "snapshot_info, and print the result.",
+        epilog=_SNAPSHOT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "sql", metavar="SQL", help='the query, for example "SELECT rating, count(*) FROM feedback GROUP BY ALL"'
+    )
+    parser.add_argument(
+        "--format",
+        choices=("table", "csv", "json"),
+        default="table",
+        help="table for people, csv with a header line, or json as an array of objects (default: table)",
+    )
+    parser.add_argument(
+        "--max-rows",
+        type=_positive_int,
+        default=40,
+        metavar="N",
+        help="rows shown by --format table; the first and last are kept (default: 40). csv and json print all rows",
+    )
+    _add_snapshot_dir_argument(parser)
+    parser.set_defaults(handler=_run_query)
+
+
+def _run_query(args: argparse.Namespace) -> int:
+    try:
+        connection = analysis.connect(args.snapshot_dir)
+    except SnapshotError as exc:
+        return _report_snapshot_error(args, exc)
+
+    with connection:
+        try:
+            result = analysis.run_query(connection, args.sql)
+            age_s = analysis.snapshot_age_s(connection)
+        except SnapshotError as exc:
+            return _report_snapshot_error(args, exc)
+
+        if result is None:
+            print("The statement returned no rows.", file=sys.stderr)
+        elif args.format == "table":
+            result.show(max_rows=args.max_rows, max_width=shutil.get_terminal_size().columns, null_value="NULL")
+            print(f"Snapshot data as of {age_s:.0f} s ago.", file=sys.stderr)
+        elif args.format == "csv":
+            _write_csv(sys.stdout, result.columns, result.fetchall())
+        else:
+            _write_json(sys.stdout, result.columns, result.fetchall())
+    return EXIT_OK
+
+
+def _report_snapshot_error(args: argparse.Namespace, exc: SnapshotError) -> int:
+    _print_error(args, str(exc))
+    if isinstance(exc, SnapshotNotFound):
+        return EXIT_NO_DATA
+    if isinstance(exc, SnapshotQueryError):
+        return EXIT_USAGE
+    return EXIT_FAILED
+
+
+def _plain_value(value: object) -> object:
+    """Return a value that csv and json write readably: ISO 8601 times, UUIDs as text."""
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, (UUID, Decimal, timedelta)):
+        return str(value)
+    return value
+
+
+def _write_csv(stream: TextIO, columns: list[str], rows: Iterable[tuple]) -> None:
+    writer = csv.writer(stream)
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_plain_value(value) for value in row])
+
+
+def _write_json(stream: TextIO, columns: list[str], rows: Iterable[tuple]) -> None:
+    stream.write("[")
+    separator = "\n"
+    for row in rows:
+        record = {column: _plain_value(value) for column, value in zip(columns, row)}
+        stream.write(separator + json.dumps(record, ensure_ascii=False, default=str))
+        separator = ",\n"
+    stream.write("\n]\n")
+
+
 # -- dispatch -------------------------------------------------------------------------------
 
 _SUBCOMMAND_PARSERS: list[Callable[[argparse._SubParsersAction, argparse.ArgumentParser], None]] = [
     _add_submit_parser,
+    _add_export_parser,
+    _add_query_parser,
 ]
 
 

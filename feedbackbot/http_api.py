@@ -18,18 +18,23 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from models.feedback import (
+    MAX_BATCH_ITEMS,
+    BatchItemResult,
     ErrorDetail,
     ErrorResponse,
+    FeedbackBatch,
     FeedbackCreated,
     FeedbackRecord,
     FeedbackSubmission,
     FieldError,
     IdempotencyClaim,
     SentimentOut,
+    StoreOutcome,
 )
 
 logger = logging.getLogger("ray.serve")
@@ -71,25 +76,50 @@ def idempotency_claim(request: Request, submission: FeedbackSubmission) -> Idemp
     The claim is scoped to the caller's API key through the key id that the gateway sends,
     so two clients that pick the same Idempotency-Key never see each other's submissions.
     """
-    key = request.headers.get(IDEMPOTENCY_HEADER)
-    if key is None:
-        return None
-    if not IDEMPOTENCY_KEY_PATTERN.match(key):
-        if not key:
-            problem = "it is empty"
-        elif len(key) > 255:
-            problem = f"it has {len(key)} characters"
-        else:
-            problem = "it contains a space, a control character or a non-ASCII character"
-        message = f"{IDEMPOTENCY_HEADER} must be 1 to 255 printable ASCII characters without spaces, but {problem}."
-        return error_response(
-            request,
-            422,
-            "validation_failed",
-            f"The {IDEMPOTENCY_HEADER} header is invalid.",
-            fields=[FieldError(field=IDEMPOTENCY_HEADER, message=message)],
-        )
+    key = _idempotency_key(request)
+    if key is None or isinstance(key, JSONResponse):
+        return key
+    return _claim(request, key, submission)
 
+
+def batch_claims(
+    request: Request, submissions: list[FeedbackSubmission | None]
+) -> list[IdempotencyClaim | None] | JSONResponse:
+    """Return one claim per valid batch item, keyed `<Idempotency-Key>#<index>`, or a 422 response.
+
+    A retry of the whole batch with the same header therefore replays each stored item.
+    """
+    key = _idempotency_key(request)
+    if isinstance(key, JSONResponse):
+        return key
+    return [
+        None if key is None or submission is None else _claim(request, f"{key}#{index}", submission)
+        for index, submission in enumerate(submissions)
+    ]
+
+
+def _idempotency_key(request: Request) -> str | JSONResponse | None:
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is None or IDEMPOTENCY_KEY_PATTERN.match(key):
+        return key
+
+    if not key:
+        problem = "it is empty"
+    elif len(key) > 255:
+        problem = f"it has {len(key)} characters"
+    else:
+        problem = "it contains a space, a control character or a non-ASCII character"
+    message = f"{IDEMPOTENCY_HEADER} must be 1 to 255 printable ASCII characters without spaces, but {problem}."
+    return error_response(
+        request,
+        422,
+        "validation_failed",
+        f"The {IDEMPOTENCY_HEADER} header is invalid.",
+        fields=[FieldError(field=IDEMPOTENCY_HEADER, message=message)],
+    )
+
+
+def _claim(request: Request, key: str, submission: FeedbackSubmission) -> IdempotencyClaim:
     # The fingerprint covers the validated submission, so a JSON post and a form post of the
     # same feedback, or two JSON encodings of it, count as the same submission.
     canonical = json.dumps(submission.model_dump(), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
@@ -97,6 +127,43 @@ def idempotency_claim(request: Request, submission: FeedbackSubmission) -> Idemp
         key=key,
         scope=request.headers.get(KEY_ID_HEADER, ""),
         body_sha256=hashlib.sha256(canonical.encode()).hexdigest(),
+    )
+
+
+def batch_envelope(request: Request, body: bytes) -> list[dict[str, Any]] | JSONResponse:
+    """Return the submissions of a batch body, or a 422 response that names the problem."""
+    try:
+        payload = parse_json_object(body)
+    except (ValueError, UnicodeDecodeError) as error:
+        problem = f"The body is not valid JSON: {error}. Send a JSON object."
+        return error_response(
+            request, 422, "validation_failed", "The body is not valid JSON.", fields=[FieldError(field="body", message=problem)]
+        )
+
+    try:
+        return FeedbackBatch.model_validate(payload).submissions
+    except ValidationError:
+        count = len(payload["submissions"]) if isinstance(payload, dict) and isinstance(payload.get("submissions"), list) else None
+        got = f"got {count} items" if count is not None else "got no such list"
+        problem = (
+            f"submissions must be a list of 1 to {MAX_BATCH_ITEMS} JSON objects, each a submission with the "
+            f"fields of POST /v1/feedback, and no other top-level field is allowed; {got}."
+        )
+        return error_response(
+            request, 422, "validation_failed", "The batch is invalid.", fields=[FieldError(field="submissions", message=problem)]
+        )
+
+
+def batch_item(index: int, outcome: StoreOutcome | None, errors: list[FieldError] | None = None) -> BatchItemResult:
+    """Return the result of one batch item: its stored outcome, or its field errors."""
+    if errors:
+        return BatchItemResult(index=index, status="rejected", errors=errors)
+    if outcome.status == "conflict":
+        message = "The item's Idempotency-Key was already used for a different submission; send a new key with each new batch."
+        return BatchItemResult(index=index, status="conflict", errors=[FieldError(field=IDEMPOTENCY_HEADER, message=message)])
+    record = outcome.record
+    return BatchItemResult(
+        index=index, status=outcome.status, id=record.id, received_at=record.received_at, **sentiment_fields(record)
     )
 
 

@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,12 @@ class Ports:
     ray_client: int = 10001
     dashboard_agent: int = 52365
     mail: int = 2525
+    # Used only with fast_ingress: HAProxy's stats and metrics ports, and the first of 100
+    # HTTP and 100 gRPC ports for the replicas that HAProxy sends requests to.
+    haproxy_stats: int = 8404
+    haproxy_metrics: int = 9101
+    direct_http_first: int = 30000
+    direct_grpc_first: int = 40000
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,9 @@ class ServiceConfig:
     rate_burst: int = 40
     num_cpus: int | None = None
     object_store_bytes: int = DEFAULT_OBJECT_STORE_BYTES
+    # Ray Serve's HAProxy ingress and throughput-optimised mode (RAY_SERVE_ENABLE_HA_PROXY,
+    # RAY_SERVE_THROUGHPUT_OPTIMIZED) instead of the Python HTTP proxy.
+    fast_ingress: bool = False
 
     @property
     def run_dir(self) -> Path:
@@ -165,7 +175,36 @@ class Service:
         )
         env.pop("RAY_AUTH_TOKEN", None)
         env.pop("RAY_ADDRESS", None)
+        if self.config.fast_ingress:
+            env.update(self._fast_ingress_environment())
         return env
+
+    def _fast_ingress_environment(self) -> dict[str, str]:
+        """Return the variables that turn on HAProxy ingress, with files and ports of this instance.
+
+        Ray's defaults put HAProxy's files in /tmp/haproxy-serve and its ports at fixed
+        numbers, so two instances on one machine would share them.
+        """
+        ports = self.config.ports
+        # Ray adds a 56-character node id folder, and HAProxy takes socket paths of at most
+        # 97 characters, so the folder name stays short: one per instance, by its GCS port.
+        folder = Path(tempfile.gettempdir()) / f"fbh-{ports.ray_gcs}"
+        folder.mkdir(parents=True, exist_ok=True)
+        return {
+            "RAY_SERVE_ENABLE_HA_PROXY": "1",
+            "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+            "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(folder / "haproxy.cfg"),
+            "RAY_SERVE_HAPROXY_SOCKET_PATH": str(folder / "admin.sock"),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(folder),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(folder / "server-state"),
+            "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(folder / "metrics.sock"),
+            "RAY_SERVE_HAPROXY_STATS_PORT": str(ports.haproxy_stats),
+            "RAY_SERVE_HAPROXY_METRICS_PORT": str(ports.haproxy_metrics),
+            "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(ports.direct_http_first),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(ports.direct_http_first + 99),
+            "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(ports.direct_grpc_first),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(ports.direct_grpc_first + 99),
+        }
 
     # -- steps of start ---------------------------------------------------------------
 
@@ -349,6 +388,38 @@ class Service:
             f"{url}: {last}. Run 'RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={self.config.token_file} "
             f"serve status --address {self.config.dashboard_url}' and read the replica logs under "
             f"{self.config.ray_temp_dir}/session_latest/logs/serve/."
+        )
+
+    def shutdown_application(self, timeout_s: float = 180.0) -> None:
+        """Shut down the Serve application and its controller, and wait until they are gone.
+
+        `serve shutdown` can return while the controller is still draining (it waits 30 s
+        at most), and a deploy sent then goes to the dying controller and is lost.
+        """
+        serve = str(Path(sys.executable).with_name("serve"))
+        subprocess.run(
+            [serve, "shutdown", "--yes", "--address", self.config.dashboard_url],
+            env=self.ray_environment(),
+            check=True,
+            capture_output=True,
+            timeout=timeout_s,
+        )
+
+        token = self.config.token_file.read_text().strip()
+        url = f"{self.config.dashboard_url}/api/serve/applications/"
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                response = httpx.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=10.0)
+                if response.status_code == 200 and not response.json().get("controller_info"):
+                    self._say("Shut down the Serve application")
+                    return
+            except httpx.HTTPError as error:
+                self._say(f"Waiting for the Serve controller to exit: {error}")
+            time.sleep(1.0)
+        raise ServiceError(
+            f"The Serve controller was still running {timeout_s:.0f} s after 'serve shutdown'; "
+            f"read its log under {self.config.ray_temp_dir}/session_latest/logs/serve/."
         )
 
     def _application_status(self) -> tuple[str, str]:
@@ -609,7 +680,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, default=ServiceConfig().data_dir, help="Folder for data, keys, logs and pid files.")
     args = parser.parse_args(argv)
 
-    service = Service(ServiceConfig(data_dir=args.data_dir.resolve()))
+    fast_ingress = os.environ.get("FEEDBACKBOT_FAST_INGRESS", "0") == "1"
+    service = Service(ServiceConfig(data_dir=args.data_dir.resolve(), fast_ingress=fast_ingress))
 
     if args.action == "status":
         parts = service.running_parts()

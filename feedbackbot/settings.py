@@ -18,6 +18,7 @@ from typing import Any, Literal, Mapping, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from feedbackbot.errors import SettingsError
+from feedbackbot.snapshot_settings import SnapshotSettings
 
 ENV_PREFIX = "FEEDBACKBOT_"
 HOME_ENV = "FEEDBACKBOT_HOME"
@@ -74,6 +75,13 @@ class StageTimeouts(BaseModel):
         description="Time limit of the sentiment call, in seconds. Past it, or when the model "
         "fails, the feedback is stored without sentiment and scored later.",
     )
+    enrichment_batch_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=600,
+        description="Time limit of the sentiment call for a submitted batch (up to 500 texts), in "
+        "seconds. Past it the batch is stored without sentiment and scored later.",
+    )
     persistence_timeout_s: float = Field(
         default=20.0,
         gt=0,
@@ -105,7 +113,7 @@ class EnrichmentRetrySettings(BaseModel):
     )
 
 
-class AppSettings(NotifySettings, StageTimeouts, EnrichmentRetrySettings):
+class AppSettings(NotifySettings, StageTimeouts, EnrichmentRetrySettings, SnapshotSettings):
     """Arguments of `graph:build_app`: where data lives, which model runs, where mail goes."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -154,6 +162,10 @@ class AppSettings(NotifySettings, StageTimeouts, EnrichmentRetrySettings):
     def enrichment_retry(self) -> EnrichmentRetrySettings:
         """Return the persistence deployment's settings for late scoring."""
         return _part(self, EnrichmentRetrySettings)
+
+    def snapshots(self) -> SnapshotSettings:
+        """Return the settings of the Parquet snapshots that persistence publishes."""
+        return _part(self, SnapshotSettings)
 
     def resolved_db_path(self) -> Path:
         """Return db_path as an absolute path."""

@@ -11,7 +11,7 @@ import logging
 import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 from uuid import UUID
 
 import duckdb
@@ -26,6 +26,9 @@ from models.feedback import (
     OwedNotification,
     StoreOutcome,
 )
+
+if TYPE_CHECKING:
+    from feedbackbot.snapshots import PublishReport, SnapshotPublisher
 
 logger = logging.getLogger(__name__)
 
@@ -308,7 +311,8 @@ class FeedbackStore:
 
         A leased entry is not due again until `lease_s` has passed, so a sender that dies
         mid-send leaves its entries to be tried again after the lease. Entries for
-        `skip_targets` are left alone.
+        `skip_targets` are left alone. First tries go before retries, so that a target that
+        keeps failing cannot starve new notifications to the others.
         """
         columns = ", ".join(OUTBOX_COLUMNS)
         try:
@@ -316,7 +320,8 @@ class FeedbackStore:
             rows = self._connection.execute(
                 f"UPDATE outbox SET next_attempt_at = ?, change_seq = nextval('change_seq') WHERE id IN ("
                 "SELECT id FROM outbox WHERE status = 'pending' AND next_attempt_at <= ? "
-                f"AND NOT list_contains(?::VARCHAR[], target) ORDER BY next_attempt_at LIMIT ?) RETURNING {columns}",
+                "AND NOT list_contains(?::VARCHAR[], target) "
+                f"ORDER BY attempts > 0, next_attempt_at LIMIT ?) RETURNING {columns}",
                 [now + timedelta(seconds=lease_s), now, list(skip_targets), limit],
             ).fetchall()
             claimed = []
@@ -521,6 +526,10 @@ class FeedbackStore:
         except duckdb.Error as error:
             self._rollback_quietly()
             raise StoreUnavailable(f"The feedback database {self.path} is not writable: {error}") from error
+
+    def publish_snapshot(self, publisher: "SnapshotPublisher") -> "PublishReport":
+        """Publish what changed since the last snapshot; call it between transactions, on this store's thread."""
+        return publisher.publish(self._connection)
 
     def close(self) -> None:
         """Close the connection; later calls fail."""

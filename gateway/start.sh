@@ -11,6 +11,7 @@
 #   FEEDBACKBOT_RATE_PER_KEY_RPS   sustained requests per second per key [20]
 #   FEEDBACKBOT_RATE_BURST         requests per key allowed above that rate at once [40]
 #   FEEDBACKBOT_MAX_BODY_BYTES     largest request body in bytes [65536]
+#   FEEDBACKBOT_MAX_BATCH_BODY_BYTES  largest body of POST /v1/feedback:batch in bytes [4194304]
 #   FEEDBACKBOT_RETRY_AFTER_S      Retry-After of 429 and 503 responses, in seconds [1]
 # `start` prints the master process id; `stop` ends that process and waits for it.
 set -euo pipefail
@@ -24,6 +25,7 @@ upstream=${FEEDBACKBOT_UPSTREAM:-127.0.0.1:8000}
 rate=${FEEDBACKBOT_RATE_PER_KEY_RPS:-20}
 burst=${FEEDBACKBOT_RATE_BURST:-40}
 max_body=${FEEDBACKBOT_MAX_BODY_BYTES:-65536}
+max_batch_body=${FEEDBACKBOT_MAX_BATCH_BODY_BYTES:-4194304}
 retry_after=${FEEDBACKBOT_RETRY_AFTER_S:-1}
 nginx_bin=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
 
@@ -68,7 +70,13 @@ render_config() {
         user_line="user nobody nogroup;"
     fi
     mkdir -p "$run_dir/tmp"/{body,proxy,fastcgi,uwsgi,scgi}
-    [[ -z $user_line ]] || chown -R nobody:nogroup "$run_dir/tmp"
+    if [[ -n $user_line ]]; then
+        chown -R nobody:nogroup "$run_dir/tmp"
+        # Bodies over 64 KiB (batches) are buffered there, so a folder that nobody cannot
+        # reach would fail every large request later.
+        runuser -u nobody -- test -w "$run_dir/tmp/body" \
+            || fail "nginx workers run as nobody and cannot write $run_dir/tmp/body; make each parent folder of $run_dir reachable (chmod o+x) or set FEEDBACKBOT_GATEWAY_DIR to another folder"
+    fi
     sed -e "s|@RUN_DIR@|$run_dir|g" \
         -e "s|@USER_LINE@|$user_line|g" \
         -e "s|@LISTEN@|$listen|g" \
@@ -76,6 +84,7 @@ render_config() {
         -e "s|@RATE_PER_KEY_RPS@|$rate|g" \
         -e "s|@RATE_BURST@|$burst|g" \
         -e "s|@MAX_BODY_BYTES@|$max_body|g" \
+        -e "s|@MAX_BATCH_BODY_BYTES@|$max_batch_body|g" \
         -e "s|@RETRY_AFTER_S@|$retry_after|g" \
         "$here/nginx.conf.template" > "$run_dir/nginx.conf"
 }
@@ -96,6 +105,7 @@ prepare() {
     require_integer FEEDBACKBOT_RATE_PER_KEY_RPS "$rate"
     require_integer FEEDBACKBOT_RATE_BURST "$burst"
     require_integer FEEDBACKBOT_MAX_BODY_BYTES "$max_body"
+    require_integer FEEDBACKBOT_MAX_BATCH_BODY_BYTES "$max_batch_body"
     require_integer FEEDBACKBOT_RETRY_AFTER_S "$retry_after"
     mkdir -p "$run_dir"
     run_dir=$(cd "$run_dir" && pwd)

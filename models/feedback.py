@@ -243,6 +243,44 @@ class StoredFeedback(FeedbackCreated):
     model_version: str | None = Field(description="Model that scored the text; null while pending.")
 
 
+MAX_BATCH_ITEMS = 500
+
+
+class FeedbackBatch(BaseModel):
+    """Body of POST /v1/feedback:batch: up to 500 submissions, each validated on its own."""
+
+    submissions: list[dict[str, Any]] = Field(
+        min_length=1,
+        max_length=MAX_BATCH_ITEMS,
+        description="Submissions with the same fields as POST /v1/feedback. An invalid one is "
+        "rejected with its errors and does not stop the others.",
+    )
+
+
+class BatchItemResult(BaseModel):
+    """Outcome of one submission of a batch, by its index in the request."""
+
+    index: int
+    status: Literal["created", "replayed", "rejected", "conflict"] = Field(
+        description="created: stored now; replayed: stored by an earlier request with the same "
+        "Idempotency-Key; rejected: invalid, see errors; conflict: the item's key was used for "
+        "another submission."
+    )
+    id: UUID | None = Field(default=None, description="Id of the stored feedback; null when rejected.")
+    received_at: datetime | None = None
+    sentiment: SentimentOut | None = None
+    sentiment_status: Literal["done", "pending"] | None = None
+    errors: list[FieldError] | None = Field(default=None, description="Each bad field of a rejected item.")
+
+
+class BatchCreated(BaseModel):
+    """Body of a 200 response to POST /v1/feedback:batch."""
+
+    accepted: int = Field(description="Items stored now or before (created and replayed).")
+    rejected: int = Field(description="Items not stored (rejected and conflict).")
+    results: list[BatchItemResult] = Field(description="One result per submission, in request order.")
+
+
 class ErrorDetail(BaseModel):
     code: str = Field(description="Stable machine-readable code, such as validation_failed.")
     message: str = Field(description="What failed and what to do next.")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import os
 import shutil
 import tempfile
 import time
@@ -33,6 +34,10 @@ TEST_PORTS = Ports(
     ray_client=20001,
     dashboard_agent=52366,
     mail=22525,
+    haproxy_stats=28404,
+    haproxy_metrics=29101,
+    direct_http_first=23000,
+    direct_grpc_first=24000,
 )
 MAIL_FROM = "feedback@feedbackbot.localhost"
 # Port 9 (discard) has no listener on 127.0.0.1, so every send to it fails at once.
@@ -60,6 +65,7 @@ class Stack:
     serve_url: str
     mail_dir: Path
     db_path: Path
+    snapshot_dir: Path
     graph_stopped: bool = False
     accepted: dict[str, dict[str, Any]] = field(default_factory=dict)
     rejected_markers: list[str] = field(default_factory=list)
@@ -103,17 +109,7 @@ class Stack:
         """Shut down the Serve application so that DuckDB's file lock is released."""
         if self.graph_stopped:
             return
-        import subprocess
-        import sys
-
-        serve = str(Path(sys.executable).with_name("serve"))
-        subprocess.run(
-            [serve, "shutdown", "--yes", "--address", self.service.config.dashboard_url],
-            env=self.service.ray_environment(),
-            check=True,
-            capture_output=True,
-            timeout=180,
-        )
+        self.service.shutdown_application()
         self.graph_stopped = True
 
     def connect_db(self) -> duckdb.DuckDBPyConnection:
@@ -124,6 +120,22 @@ class Stack:
 def mail_text(message: EmailMessage) -> str:
     """Return the plain-text body with LF line ends; SMTP carries CRLF."""
     return message.get_body(preferencelist=("plain",)).get_content().replace("\r\n", "\n")
+
+
+def count_notifications(mails, ids: set[str]) -> tuple[dict[str, int], dict[str, int]]:
+    """Count confirmations and admin alerts per feedback id, for the ids given."""
+    confirmations: dict[str, int] = {}
+    alerts: dict[str, int] = {}
+    for mail in mails:
+        if mail["Subject"] == "We received your feedback":
+            feedback_id = mail_text(mail).split("under the reference ", 1)[1].split(".", 1)[0]
+            if feedback_id in ids:
+                confirmations[feedback_id] = confirmations.get(feedback_id, 0) + 1
+        elif mail["To"] == ADMIN_ADDRESS:
+            feedback_id = mail["Subject"].rsplit(": ", 1)[-1]
+            if feedback_id in ids:
+                alerts[feedback_id] = alerts.get(feedback_id, 0) + 1
+    return confirmations, alerts
 
 
 def read_mail(folder: Path) -> list[EmailMessage]:
@@ -146,6 +158,9 @@ def stack() -> Iterator[Stack]:
     # Not under pytest's tmp_path: pytest deletes old base folders when another pytest run
     # starts, which would take the mail folder and pid files from under a running stack.
     data_dir = Path(tempfile.mkdtemp(prefix="feedbackbot-integration-"))
+    # mkdtemp makes the folder private to root, but the gateway's workers run as nobody and
+    # must reach their temp folders inside it to buffer large bodies.
+    data_dir.chmod(0o755)
     keys = Keys(
         submit=new_api_key(),
         admin=new_api_key(),
@@ -181,9 +196,11 @@ def stack() -> Iterator[Stack]:
             # Rows stored without sentiment during the enrichment drill are scored soon after.
             "enrichment_retry_interval_s": 1.0,
             "enrichment_max_attempts": 1000,
+            "snapshot_dir": str(data_dir / "snapshots"),
         },
         rate_per_key_rps=RATE_PER_KEY_RPS,
         rate_burst=RATE_BURST,
+        fast_ingress=os.environ.get("FEEDBACKBOT_FAST_INGRESS", "0") == "1",
     )
     service = Service(config)
     ray_tree: list[int] = []
@@ -198,6 +215,7 @@ def stack() -> Iterator[Stack]:
             serve_url=f"http://127.0.0.1:{TEST_PORTS.serve}",
             mail_dir=config.mail_dir,
             db_path=config.db_path,
+            snapshot_dir=data_dir / "snapshots",
         )
     finally:
         parts = service.running_parts()

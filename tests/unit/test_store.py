@@ -311,6 +311,21 @@ def test_claim_leases_entries(store: FeedbackStore) -> None:
     assert [claimed.entry.id for claimed in after_lease] == [first[0].entry.id]
 
 
+def test_claim_puts_first_tries_before_retries(store: FeedbackStore) -> None:
+    store.commit_submissions([(make_record(), None, owe("admin-1"))], now=NOW, idempotency_window_s=DAY_S)
+    [retried] = store.claim_notifications(now=NOW, limit=10, lease_s=60)
+    retry_at = NOW + timedelta(seconds=1)
+    store.finish_notifications(
+        [DeliveryResult(entry_id=retried.entry.id, outcome="retry", error="down", next_attempt_at=retry_at)], now=NOW
+    )
+    later = NOW + timedelta(seconds=5)
+    store.commit_submissions([(make_record(), None, owe("customer"))], now=later, idempotency_window_s=DAY_S)
+
+    claimed = store.claim_notifications(now=later, limit=1, lease_s=60)
+
+    assert [item.entry.target for item in claimed] == ["customer"]
+
+
 def test_claim_skips_held_back_targets(store: FeedbackStore) -> None:
     store.commit_submissions([(make_record(), None, owe("customer", "admin-1"))], now=NOW, idempotency_window_s=DAY_S)
 

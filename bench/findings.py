@@ -1,0 +1,200 @@
+"""The findings of the report: statements computed from the measured numbers.
+
+Each statement restates numbers of the run, or derives one from them with arithmetic
+that the statement shows. None of them names a cause that the run did not measure.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.results import (
+    BATCH_TARGET,
+    P99_TARGET_MS,
+    SINGLE_TARGET,
+    best_batch,
+    best_ceiling,
+    ceiling_at,
+    format_gib,
+    format_mib,
+    format_number,
+    highest_single,
+    sum_field,
+    target_verdict,
+)
+
+
+def findings(results: dict[str, Any]) -> list[str]:
+    """Return the Findings section: statements computed from the measured numbers, without guessed causes."""
+    notes = _throughput_notes(results)
+    notes += _cpu_notes(results)
+    notes += _profile_notes(results)
+    notes += _baseline_notes(results)
+    notes += _memory_notes(results)
+
+    lines = ["## Findings", "", "Computed from the numbers above.", ""]
+    return lines + [f"- {note}" for note in notes] + [""]
+
+
+def _throughput_notes(results: dict[str, Any]) -> list[str]:
+    notes = []
+    best = best_ceiling(results)
+    single = highest_single(results.get("pipeline"))
+    batch = best_batch(results)
+
+    for row in (single, batch):
+        if row and row.get("items_without_sentiment"):
+            notes.append(
+                f"In the {row['kind']} measurement at concurrency {row['concurrency']}, {row['items_without_sentiment']} "
+                f"of {row['items_accepted']} accepted items were stored without sentiment, because the model failed or "
+                "timed out. items/s includes them, so the rate of scored items is lower."
+            )
+    if not best:
+        return notes
+
+    if single:
+        ratio = single["items_per_s"] / best["median_items_per_s"]
+        concurrency = single["concurrency"]
+        needed_rps = concurrency / (P99_TARGET_MS / 1000)
+        notes.append(
+            f"Single submissions at concurrency {concurrency} reached {format_number(single['items_per_s'])} items/s, "
+            f"{ratio:.0%} of the bare model's {format_number(best['median_items_per_s'])} items/s. The target of "
+            f"{SINGLE_TARGET:.0%} is {target_verdict(ratio, SINGLE_TARGET)}."
+        )
+        notes.append(
+            f"With {concurrency} requests always in flight, Little's law gives the mean latency as {concurrency} / "
+            f"throughput = {1000 * concurrency / single['items_per_s']:,.0f} ms at the measured rate (measured mean: "
+            f"{format_number(single['mean_ms'], 0)} ms). A mean under {P99_TARGET_MS:.0f} ms at this concurrency needs "
+            f"more than {needed_rps:.0f} requests/s, {needed_rps / best['median_items_per_s']:.1f}× the bare model's "
+            "best rate on this machine."
+        )
+
+    threads = results["service_torch_threads"]
+    enrichment_batch = int(results["serve_settings"]["user_configs"].get("Enrichment", {}).get("max_batch_size", 16))
+    arrival = ceiling_at(results, threads, "arrival", enrichment_batch)
+    if arrival:
+        notes.append(
+            f"With the service's settings ({threads} torch thread(s), batches of up to {enrichment_batch} in arrival "
+            f"order) the bare model scored {format_number(arrival['median_items_per_s'])} items/s, "
+            f"{arrival['median_items_per_s'] / best['median_items_per_s']:.0%} of its best rate. The tokenizer pads "
+            "every text of a batch to the longest one in it, and arrival order mixes short and long texts."
+        )
+
+    if batch:
+        ratio = batch["items_per_s"] / best["median_items_per_s"]
+        notes.append(
+            f"Batch submissions reached at best {format_number(batch['items_per_s'])} items/s (batches of "
+            f"{batch['batch_size']} at concurrency {batch['concurrency']}), {ratio:.0%} of the bare model. The target "
+            f"of {BATCH_TARGET:.0%} is {target_verdict(ratio, BATCH_TARGET)}."
+        )
+    return notes
+
+
+def _cpu_notes(results: dict[str, Any]) -> list[str]:
+    single = highest_single(results.get("pipeline"))
+    cpu = (results.get("pipeline") or {}).get("cpu_by_role") or {}
+    stack_cores = sum(cores for role, cores in cpu.items() if not role.startswith("load generator"))
+    if not single or not stack_cores:
+        return []
+
+    enrichment = cpu.get("replica Enrichment", 0.0)
+    client = cpu.get("load generator (this process)", 0.0)
+    busiest = ", ".join(f"{role} {cores:.2f}" for role, cores in list(cpu.items())[:6])
+    notes = [
+        f"At concurrency {single['concurrency']} the service's processes used {stack_cores:.2f} cores, the load "
+        f"generator {client:.2f} and other processes {single['other_cores']:.2f}, of {results['machine']['nproc']} "
+        f"cores. By role: {busiest}. The Enrichment replicas, which run the model, used {enrichment:.2f} cores, "
+        f"{enrichment / stack_cores:.0%} of the service's CPU time."
+    ]
+
+    reference = ceiling_at(results, results["service_torch_threads"])
+    if reference and enrichment:
+        rate = reference["median_items_per_s"]
+        threads = reference["threads"]
+        notes.append(
+            f"The bare model with the service's {threads} torch thread(s) scored {format_number(rate)} items/s on up to "
+            f"{threads} core(s). At that rate per core, the {enrichment:.2f} cores of the Enrichment replicas would "
+            f"score about {format_number(rate * enrichment / threads)} items/s, and the service stored "
+            f"{format_number(single['items_per_s'])} items/s. This is an estimate: it assumes that the model runs at "
+            "the same rate per core in the replica as in the bare process."
+        )
+    return notes
+
+
+def _profile_notes(results: dict[str, Any]) -> list[str]:
+    notes = []
+    for name, section in (("service", results.get("pipeline") or {}), ("baseline", results.get("baseline") or {})):
+        for process in (section.get("profile") or {}).get("processes") or []:
+            recorded = process.get("recorded_cores") or 0.0
+            if recorded < 0.01:
+                continue
+            top = list(process["cores_by_group"].items())[:3]
+            shares = ", ".join(f"{group} {cores:.2f} ({cores / recorded:.0%})" for group, cores in top)
+            frame, frame_cores = process["cores_by_frame"][0] if process["cores_by_frame"] else ("–", 0.0)
+            notes.append(
+                f"Profile of the {name}: {process['role']} used {recorded:.2f} cores while recorded: {shares}. "
+                f"Its busiest frame was `{frame}` with {frame_cores:.2f} cores."
+            )
+
+    if _apprise_context_in_profiles(results):
+        notes.append(_apprise_context_note(results["versions"].get("apprise", "?")))
+    return notes
+
+
+# Verified by reading apprise 2.2.0: apprise/plugins/email/smtp.py and base.py.
+APPRISE_CONTEXT_VERIFIED = "2.2.0"
+
+
+def _apprise_context_in_profiles(results: dict[str, Any]) -> bool:
+    for section in (results.get("pipeline") or {}, results.get("baseline") or {}):
+        for process in (section.get("profile") or {}).get("processes") or []:
+            for frame, cores in process.get("cores_by_frame") or []:
+                if "load_default_certs" in frame and "AppriseSMTPController" in frame and cores >= 0.01:
+                    return True
+    return False
+
+
+def _apprise_context_note(apprise_version: str) -> str:
+    if apprise_version != APPRISE_CONTEXT_VERIFIED:
+        return (
+            f"`SSLContext.load_default_certs` under apprise's `AppriseSMTPController.__enter__` used CPU. This run "
+            f"used apprise {apprise_version}; the cause was only checked in apprise {APPRISE_CONTEXT_VERIFIED}."
+        )
+    return (
+        f"`SSLContext.load_default_certs` comes from apprise {apprise_version}. `NotifyEmail.send` "
+        "(apprise/plugins/email/base.py) opens a new `AppriseSMTPController`, one SMTP connection, per call, and the "
+        "service and the baseline make one call per message. Its `__enter__` (apprise/plugins/email/smtp.py) calls "
+        "`ssl.create_default_context()` each time, which loads the system's CA certificates, also for plain "
+        "`mailto://` targets where no TLS is used."
+    )
+
+
+def _baseline_notes(results: dict[str, Any]) -> list[str]:
+    single = highest_single(results.get("pipeline"))
+    base_single = highest_single(results.get("baseline"))
+    if not single or not base_single or not base_single["items_per_s"]:
+        return []
+    return [
+        f"At concurrency {single['concurrency']} the service stored {single['items_per_s'] / base_single['items_per_s']:.0%} "
+        f"of the baseline's {format_number(base_single['items_per_s'])} items/s (p99 {format_number(single['p99_ms'], 0)} ms "
+        f"against {format_number(base_single['p99_ms'], 0)} ms) with the same model, batching and DuckDB code. Other "
+        f"processes used {single['other_cores']:.2f} cores while the service was measured and "
+        f"{base_single['other_cores']:.2f} while the baseline was."
+    ]
+
+
+def _memory_notes(results: dict[str, Any]) -> list[str]:
+    at_rest = (results.get("pipeline") or {}).get("memory_at_rest") or []
+    if not at_rest:
+        return []
+
+    by_role: dict[str, int] = {}
+    for row in at_rest:
+        by_role[row["role"]] = by_role.get(row["role"], 0) + row["rss_bytes"]
+    largest = sorted(by_role.items(), key=lambda item: -item[1])[:4]
+    rss = sum(by_role.values())
+    pss = sum_field(at_rest, "pss_bytes")
+    return [
+        f"At rest the service's {len(at_rest)} processes held {format_gib(rss)} RSS ({format_gib(pss) if pss else '–'} "
+        "PSS). The largest roles: " + ", ".join(f"{role} {format_mib(size)} MiB" for role, size in largest) + "."
+    ]

@@ -1,0 +1,152 @@
+"""A closed-loop HTTP load generator: a fixed number of asyncio workers, each sending one
+request after another with httpx, for a fixed time.
+
+Each worker sends its next request as soon as it receives the response to the previous
+one, so the number of requests in flight stays at the concurrency. Requests still in flight at the deadline
+are awaited and counted, so the measured time includes that tail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import httpx
+import psutil
+
+from bench.workload import SINGLE_PATH, PlannedRequest, RequestFactory
+
+# Per-request limit. It is above the pipeline's own limits (20 s for the commit, 30 s in
+# Serve's proxy), so the service responds before the client gives up.
+REQUEST_TIMEOUT_S = 60.0
+# Safety bound on the requests of one measurement, whatever its duration.
+MAX_REQUESTS = 200_000
+
+
+@dataclass
+class LoadResult:
+    """Counts, statuses and latencies of one measurement at one concurrency."""
+
+    concurrency: int
+    elapsed_s: float
+    requests: int
+    ok: int
+    items_accepted: int
+    items_rejected: int
+    items_without_sentiment: int = 0
+    statuses: Counter[str] = field(default_factory=Counter)
+    ok_latencies_s: list[float] = field(default_factory=list)
+    client_cpu_s: float = 0.0
+
+    @property
+    def requests_per_s(self) -> float:
+        return self.ok / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def items_per_s(self) -> float:
+        return self.items_accepted / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def latency_ms(self, percentile: float) -> float:
+        """Return the nearest-rank percentile of the successful requests' latency, in ms."""
+        if not self.ok_latencies_s:
+            return math.nan
+        ordered = sorted(self.ok_latencies_s)
+        rank = max(1, math.ceil(percentile / 100 * len(ordered)))
+        return ordered[rank - 1] * 1000
+
+    def errors(self) -> dict[str, int]:
+        """Return the count of each unsuccessful outcome: an HTTP status or a transport error."""
+        return {outcome: count for outcome, count in sorted(self.statuses.items()) if not outcome.startswith("2")}
+
+
+def count_items(planned: PlannedRequest, response: httpx.Response) -> tuple[int, int, int]:
+    """Return (accepted, rejected, stored without sentiment) items of a successful response.
+
+    A single submission is accepted with 201. A batch responds with 200, the counts in its
+    body and one result per item. A body without the counts counts every item as rejected.
+    An item with `"sentiment_status": "pending"` was stored without sentiment, because the
+    model failed or took too long, and is scored later.
+    """
+    try:
+        body = response.json()
+    except ValueError:
+        return 0, planned.items, 0
+
+    if planned.path == SINGLE_PATH:
+        pending = 1 if isinstance(body, dict) and body.get("sentiment_status") == "pending" else 0
+        return (1, 0, pending) if response.status_code == 201 else (0, 1, 0)
+
+    try:
+        accepted, rejected = int(body["accepted"]), int(body["rejected"])
+        pending = sum(1 for item in body.get("results", []) if item.get("sentiment_status") == "pending")
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return 0, planned.items, 0
+    return accepted, rejected, pending
+
+
+async def run_load(
+    base_url: str,
+    api_key: str,
+    factory: RequestFactory,
+    *,
+    concurrency: int,
+    duration_s: float,
+) -> LoadResult:
+    """Send requests from `factory` with `concurrency` workers for `duration_s` seconds."""
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    result = LoadResult(concurrency=concurrency, elapsed_s=0.0, requests=0, ok=0, items_accepted=0, items_rejected=0)
+    process = psutil.Process()
+    cpu_before = sum(process.cpu_times()[:2])
+
+    async with httpx.AsyncClient(
+        base_url=base_url, headers={"X-API-Key": api_key}, limits=limits, timeout=REQUEST_TIMEOUT_S
+    ) as client:
+        started = time.perf_counter()
+        deadline = started + duration_s
+        workers = [_worker(client, factory, deadline, result) for _ in range(concurrency)]
+        await asyncio.gather(*workers)
+        result.elapsed_s = time.perf_counter() - started
+
+    result.client_cpu_s = sum(process.cpu_times()[:2]) - cpu_before
+    return result
+
+
+async def _worker(client: httpx.AsyncClient, factory: RequestFactory, deadline: float, result: LoadResult) -> None:
+    while time.perf_counter() < deadline and result.requests < MAX_REQUESTS:
+        planned = factory()
+        result.requests += 1
+        sent_at = time.perf_counter()
+
+        try:
+            response = await client.post(planned.path, content=planned.body, headers=planned.headers)
+        except httpx.HTTPError as error:
+            result.statuses[f"transport:{type(error).__name__}"] += 1
+            continue
+
+        latency_s = time.perf_counter() - sent_at
+        result.statuses[str(response.status_code)] += 1
+        if not response.is_success:
+            continue
+
+        accepted, rejected, without_sentiment = count_items(planned, response)
+        result.ok += 1
+        result.ok_latencies_s.append(latency_s)
+        result.items_accepted += accepted
+        result.items_rejected += rejected
+        result.items_without_sentiment += without_sentiment
+
+
+async def probe(base_url: str, api_key: str, planned: PlannedRequest) -> tuple[int, str]:
+    """Send one request and return its status and the start of its body, for route checks."""
+    async with httpx.AsyncClient(base_url=base_url, headers={"X-API-Key": api_key}, timeout=REQUEST_TIMEOUT_S) as client:
+        response = await client.post(planned.path, content=planned.body, headers=planned.headers)
+    text = response.text
+    try:
+        text = json.dumps(response.json())
+    except ValueError:
+        pass  # Not JSON: the raw text is kept.
+    return response.status_code, text[:300]

@@ -1,0 +1,613 @@
+"""Run the whole benchmark suite in one session and write docs/benchmarks.md.
+
+    .venv/bin/python -m bench.run            # full run, about 15 minutes on 2 cores
+    .venv/bin/python -m bench.run --quick    # smoke run, writes under build/bench/ only
+
+The phases run in this order. First the bare model (`bench.ceiling`, in its own process).
+Then the Ray service through its Nginx gateway: single and batch submissions, its memory
+at rest and under load, and py-spy profiles of its busiest processes. Last, the same
+single submissions against `bench.baseline_app`, one FastAPI process without Ray behind
+its own Nginx. Only one stack runs at a time. Raw results and profiles go to
+build/bench/<time>/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import json
+import os
+import resource
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import httpx
+import psutil
+
+from bench import profiling, report
+from bench.loadgen import LoadResult, probe, run_load
+from bench.processes import CpuMeter, CpuUse, PeakMemorySampler, memory_snapshot, role_of
+from bench.stacks import BaselinePorts, BaselineStack, RayStack, serve_settings
+from bench.workload import batch_requests, load_valid_submissions, max_batch_body_bytes, new_run_id, single_requests
+from feedbackbot.errors import ServiceError
+from feedbackbot.service import Ports
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_REPORT = PROJECT_ROOT / "docs" / "benchmarks.md"
+ARTIFACTS_ROOT = PROJECT_ROOT / "build" / "bench"
+# Away from Ray's worker ports (10002-19999), the integration tests' and `make run`'s ports.
+SERVICE_PORTS = Ports(
+    gateway=38080, serve=38000, ray_gcs=36379, dashboard=38265, ray_client=30001, dashboard_agent=52466, mail=32525
+)
+OUTBOX_DRAIN_TIMEOUT_S = 120.0
+CEILING_TIMEOUT_S = 900
+# Errors that end one phase of the run. The report marks that phase as not measured.
+PHASE_ERRORS = (ServiceError, RuntimeError, OSError, ValueError, httpx.HTTPError, subprocess.SubprocessError, json.JSONDecodeError)
+
+
+@dataclass
+class Options:
+    """Parameters of one run, filled from the command line by `parse_options`."""
+
+    quick: bool
+    threads: list[int]
+    ceiling_batch_sizes: list[int]
+    ceiling_texts: int
+    ceiling_max_s: float
+    concurrencies: list[int]
+    batch_sizes: list[int]
+    batch_concurrencies: list[int]
+    duration_s: float
+    batch_duration_s: float
+    warmup_s: float
+    repeats: int
+    settle_s: float
+    profile_s: int
+    profile_processes: int
+    output: Path
+    artifacts: Path
+    skip: set[str] = field(default_factory=set)
+    command: str = ""
+    render: Path | None = None
+
+
+class Progress:
+    """Prints one line per step with the time since the run started."""
+
+    def __init__(self) -> None:
+        self._started = time.monotonic()
+
+    def __call__(self, message: str) -> None:
+        print(f"[{time.monotonic() - self._started:7.1f} s] {message}", flush=True)
+
+    @property
+    def elapsed_s(self) -> float:
+        return time.monotonic() - self._started
+
+
+def summarize_runs(kind: str, runs: list[tuple[LoadResult, CpuUse]], loadavg: float, batch_size: int = 1) -> dict[str, Any]:
+    """Return the medians over repeats of one measurement, with error counts summed."""
+    errors: dict[str, int] = {}
+    for result, _ in runs:
+        for outcome, count in result.errors().items():
+            errors[outcome] = errors.get(outcome, 0) + count
+
+    latencies = [latency for result, _ in runs for latency in result.ok_latencies_s]
+    return {
+        "kind": kind,
+        "concurrency": runs[0][0].concurrency,
+        "batch_size": batch_size,
+        "repeats": len(runs),
+        "items_per_s": statistics.median(result.items_per_s for result, _ in runs),
+        "items_per_s_each": [result.items_per_s for result, _ in runs],
+        "requests_per_s": statistics.median(result.requests_per_s for result, _ in runs),
+        "p50_ms": statistics.median(result.latency_ms(50) for result, _ in runs),
+        "p95_ms": statistics.median(result.latency_ms(95) for result, _ in runs),
+        "p99_ms": statistics.median(result.latency_ms(99) for result, _ in runs),
+        "mean_ms": statistics.fmean(latencies) * 1000 if latencies else float("nan"),
+        "requests": sum(result.requests for result, _ in runs),
+        "ok": sum(result.ok for result, _ in runs),
+        "items_accepted": sum(result.items_accepted for result, _ in runs),
+        "items_rejected": sum(result.items_rejected for result, _ in runs),
+        "items_without_sentiment": sum(result.items_without_sentiment for result, _ in runs),
+        "errors": errors,
+        "elapsed_s_each": [result.elapsed_s for result, _ in runs],
+        "client_cores": statistics.median(result.client_cpu_s / result.elapsed_s for result, _ in runs),
+        "machine_busy_cores": statistics.median(usage.machine_busy_cores for _, usage in runs),
+        "other_cores": statistics.median(usage.other_cores for _, usage in runs),
+        "loadavg_1m_before": loadavg,
+    }
+
+
+def cores_by_role(usages: list[CpuUse]) -> dict[str, float]:
+    """Return the average cores each role used over several intervals, weighted by their length."""
+    seconds: dict[str, float] = {}
+    total_s = sum(usage.elapsed_s for usage in usages)
+    for usage in usages:
+        for role, cores in usage.cores_by_role().items():
+            seconds[role] = seconds.get(role, 0.0) + cores * usage.elapsed_s
+    return {role: used / total_s for role, used in sorted(seconds.items(), key=lambda item: -item[1])} if total_s else {}
+
+
+def memory_rows(rows: list[Any]) -> list[dict[str, Any]]:
+    return [{"pid": row.pid, "role": row.role, "rss_bytes": row.rss_bytes, "pss_bytes": row.pss_bytes} for row in rows]
+
+
+class BenchmarkRun:
+    """One run of every phase. `results` collects what `report.render` turns into Markdown."""
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self.say = Progress()
+        self.submissions = load_valid_submissions()
+        self.run_id = new_run_id()
+        self.settings = serve_settings()
+        self.results: dict[str, Any] = {
+            "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": options.command,
+            "options": _options_dict(options),
+            "machine": report.machine_info(),
+            "versions": report.versions(),
+            "service_torch_threads": int(self.settings["args"].get("torch_threads", 1)),
+            "serve_settings": self.settings,
+            "errors": [],
+        }
+
+    def run(self) -> dict[str, Any]:
+        options = self.options
+        options.artifacts.mkdir(parents=True, exist_ok=True)
+        self.say(f"Benchmark run {self.run_id}: artifacts in {options.artifacts}, report to {options.output}")
+
+        if "ceiling" not in options.skip:
+            self._guard("ceiling", self.measure_ceiling)
+        if "pipeline" not in options.skip:
+            self._guard("pipeline", self.measure_pipeline)
+        if "baseline" not in options.skip:
+            self._guard("baseline", self.measure_baseline)
+
+        self.results["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.results["duration_s"] = self.say.elapsed_s
+        (options.artifacts / "results.json").write_text(json.dumps(self.results, indent=2, default=str) + "\n")
+        options.output.parent.mkdir(parents=True, exist_ok=True)
+        options.output.write_text(report.render(self.results), encoding="utf-8")
+        self.say(f"Wrote {options.output} and {options.artifacts / 'results.json'}")
+        return self.results
+
+    def _guard(self, phase: str, step: Callable[[], None]) -> None:
+        """Run one phase. On a failure, record it and go on with the next phase."""
+        try:
+            step()
+        except PHASE_ERRORS as error:
+            message = f"{phase} failed: {type(error).__name__}: {error}"
+            self.results["errors"].append(message)
+            self.say(message)
+
+    # -- 1. the bare model ---------------------------------------------------------------
+
+    def measure_ceiling(self) -> None:
+        options = self.options
+        threads = sorted(set(options.threads) | {self.results["service_torch_threads"]})
+        command = [
+            sys.executable, "-m", "bench.ceiling",
+            "--threads", ",".join(map(str, threads)),
+            "--batch-sizes", ",".join(map(str, options.ceiling_batch_sizes)),
+            "--texts", str(options.ceiling_texts),
+            "--repeats", str(options.repeats),
+            "--arrival-threads", str(self.results["service_torch_threads"]),
+            "--max-seconds", str(options.ceiling_max_s),
+        ]  # fmt: skip
+        loadavg = os.getloadavg()[0]
+        self.say(f"Ceiling: bare model, torch threads {threads}, batch sizes {options.ceiling_batch_sizes} (load average {loadavg:.2f})")
+
+        machine_before = psutil.cpu_times()
+        children_before = _children_cpu_s()
+        started = time.monotonic()
+        completed = subprocess.run(
+            command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=None, timeout=CEILING_TIMEOUT_S, check=False
+        )
+        elapsed_s = time.monotonic() - started
+        if completed.returncode != 0:
+            raise RuntimeError(f"bench.ceiling exited with status {completed.returncode}; its messages are above.")
+
+        ceiling = json.loads(completed.stdout)
+        busy_cores = _busy_cores(machine_before, psutil.cpu_times(), elapsed_s)
+        own_cores = (_children_cpu_s() - children_before) / elapsed_s
+        ceiling.update(loadavg_1m_before=loadavg, machine_busy_cores=busy_cores, other_cores=max(0.0, busy_cores - own_cores))
+        for row in ceiling["rows"]:
+            row["median_items_per_s"] = statistics.median(row["items_per_s"])
+        self.results["ceiling"] = ceiling
+
+        best = max(ceiling["rows"], key=lambda row: row["median_items_per_s"])
+        self.say(
+            f"Ceiling: best {best['median_items_per_s']:.1f} items/s at {best['threads']} thread(s), "
+            f"batch size {best['batch_size']}, {best['order']} batches"
+        )
+
+    # -- 2 and 3. the Ray service --------------------------------------------------------
+
+    def measure_pipeline(self) -> None:
+        options = self.options
+        data_dir = Path(tempfile.mkdtemp(prefix="feedbackbot-benchrun-service-"))
+        stack = RayStack(data_dir, SERVICE_PORTS, progress=self.say)
+        pipeline: dict[str, Any] = {"data_dir": str(data_dir)}
+        self.results["pipeline"] = pipeline
+
+        try:
+            self.say(f"Pipeline: starting Ray, Serve, Nginx and the mail sink in {data_dir}")
+            started = time.monotonic()
+            stack.start()
+            pipeline["start_s"] = time.monotonic() - started
+            self._measure_rest_memory(stack.roots, pipeline, "memory_at_rest")
+
+            pipeline["single"], pipeline["cpu_by_role"], peaks = self._single_series(stack.url, stack.api_key, stack.roots, "Pipeline")
+            pipeline["memory_peak_under_load"] = memory_rows(peaks)
+            stack.remember_processes()
+
+            if "batch" not in options.skip:
+                pipeline["batch"] = self._batch_series(stack)
+            pipeline["memory_after_load"] = memory_rows(memory_snapshot(stack.roots()))
+
+            if "profile" not in options.skip:
+                pipeline["profile"] = self._profile(stack.url, stack.api_key, stack.roots, "pipeline")
+            stack.remember_processes()
+        finally:
+            self.say("Pipeline: stopping the service")
+            leftovers = stack.stop()
+            pipeline["leftover_pids"] = leftovers
+            self._report_leftovers("service", leftovers)
+            stack.save_logs(self.options.artifacts / "service-logs")
+            shutil.rmtree(data_dir, ignore_errors=True)
+
+    def _measure_rest_memory(self, roots: Callable[[], list[int]], target: dict[str, Any], key: str) -> None:
+        self.say(f"Waiting {self.options.settle_s:.0f} s for the stack to settle, then reading its memory at rest")
+        time.sleep(self.options.settle_s)
+        rows = memory_snapshot(roots())
+        target[key] = memory_rows(rows)
+        total_gib = sum(row.rss_bytes for row in rows) / 2**30
+        self.say(f"Memory at rest: {len(rows)} processes, RSS {total_gib:.2f} GiB in total")
+
+    def _single_series(
+        self, url: str, api_key: str, roots: Callable[[], list[int]], label: str
+    ) -> tuple[list[dict[str, Any]], dict[str, float], list[Any]]:
+        """Measure single submissions at each concurrency, and sample memory at the highest one."""
+        summaries = []
+        busiest_usages: list[CpuUse] = []
+        peaks: list[Any] = []
+        highest = max(self.options.concurrencies)
+
+        for concurrency in self.options.concurrencies:
+            factory = single_requests(self.submissions, f"{self.run_id}-{label[0]}{concurrency}")
+            if concurrency == highest:
+                with PeakMemorySampler(roots()) as sampler:
+                    summary, usages = self._measure(url, api_key, roots, factory, "single", concurrency, self.options.duration_s, label)
+                peaks = sampler.peaks()
+                busiest_usages = usages
+            else:
+                summary, usages = self._measure(url, api_key, roots, factory, "single", concurrency, self.options.duration_s, label)
+            summary.update(self._drain_outbox(url, label))
+            summaries.append(summary)
+
+        return summaries, cores_by_role(busiest_usages), peaks
+
+    def _batch_series(self, stack: RayStack) -> dict[str, Any]:
+        batch: dict[str, Any] = {"rows": []}
+        status, text = asyncio.run(
+            probe(stack.url, stack.api_key, batch_requests(self.submissions, f"{self.run_id}-probe", 2)())
+        )
+        batch["probe"] = {"status": status, "body": text}
+        if status == 404:
+            self.say("Batch: POST /v1/feedback:batch returned 404 through the gateway; not measured")
+            return batch
+        if status != 200:
+            self.say(f"Batch: the probe returned {status}: {text[:200]}; measuring anyway, errors are counted")
+
+        for batch_size in self.options.batch_sizes:
+            body_bytes = max_batch_body_bytes(self.submissions, batch_size)
+            for concurrency in self.options.batch_concurrencies:
+                factory = batch_requests(self.submissions, f"{self.run_id}-B{batch_size}x{concurrency}", batch_size)
+                summary, _ = self._measure(
+                    stack.url, stack.api_key, stack.roots, factory, "batch", concurrency,
+                    self.options.batch_duration_s, "Batch", batch_size=batch_size,
+                )  # fmt: skip
+                summary["max_body_bytes"] = body_bytes
+                summary.update(self._drain_outbox(stack.url, "Batch"))
+                batch["rows"].append(summary)
+        return batch
+
+    def _measure(
+        self,
+        url: str,
+        api_key: str,
+        roots: Callable[[], list[int]],
+        factory: Any,
+        kind: str,
+        concurrency: int,
+        duration_s: float,
+        label: str,
+        *,
+        batch_size: int = 1,
+    ) -> tuple[dict[str, Any], list[CpuUse]]:
+        """Warm up, then measure `repeats` times, and return the summary and each repeat's CPU use."""
+        description = f"{kind} submissions" if kind == "single" else f"batches of {batch_size}"
+        loadavg = os.getloadavg()[0]
+        self.say(f"{label}: {description} at concurrency {concurrency}: warming up {self.options.warmup_s:.0f} s (load average {loadavg:.2f})")
+        asyncio.run(run_load(url, api_key, factory, concurrency=concurrency, duration_s=self.options.warmup_s))
+
+        runs: list[tuple[LoadResult, CpuUse]] = []
+        for repeat in range(1, self.options.repeats + 1):
+            meter = CpuMeter(roots())
+            meter.start()
+            result = asyncio.run(run_load(url, api_key, factory, concurrency=concurrency, duration_s=duration_s))
+            usage = meter.stop()
+            runs.append((result, usage))
+            errors = ", ".join(f"{outcome}: {count}" for outcome, count in result.errors().items()) or "none"
+            self.say(
+                f"{label}: {description} at concurrency {concurrency}, run {repeat}/{self.options.repeats}: "
+                f"{result.items_per_s:.1f} items/s ({result.items_without_sentiment} without sentiment), "
+                f"p99 {result.latency_ms(99):.0f} ms, errors {errors}, other load {usage.other_cores:.2f} cores"
+            )
+
+        return summarize_runs(kind, runs, loadavg, batch_size), [usage for _, usage in runs]
+
+    def _drain_outbox(self, url: str, label: str) -> dict[str, Any]:
+        """Wait until the outbox has no pending entry, so that the next measurement starts even."""
+        started = time.monotonic()
+        pending_first: int | None = None
+        pending: int | None = None
+        while time.monotonic() - started < OUTBOX_DRAIN_TIMEOUT_S:
+            pending = _pending_outbox(url)
+            if pending_first is None:
+                pending_first = pending
+            if pending == 0:
+                break
+            time.sleep(1.0)
+
+        waited_s = time.monotonic() - started
+        if pending:
+            self.say(f"{label}: {pending} outbox entries still pending after {waited_s:.0f} s; going on")
+        elif pending_first:
+            self.say(f"{label}: the sender delivered {pending_first} pending notification(s) in {waited_s:.1f} s")
+        return {"outbox_pending_at_end": pending_first, "outbox_drain_s": waited_s, "outbox_pending_after_drain": pending}
+
+    # -- profiles ----------------------------------------------------------------------
+
+    def _profile(self, url: str, api_key: str, roots: Callable[[], list[int]], label: str) -> dict[str, Any]:
+        """Profile the busiest Python processes with py-spy while single submissions run at the highest concurrency."""
+        executable = profiling.py_spy_path()
+        if executable is None:
+            self.say("Profile: py-spy is not installed (pip install -e '.[bench]'); skipped")
+            return {"error": "py-spy is not installed; install the bench extra with pip install -e '.[bench]'"}
+
+        concurrency = max(self.options.concurrencies)
+        factory = single_requests(self.submissions, f"{self.run_id}-{label}-profile")
+        self.say(f"Profile ({label}): single submissions at concurrency {concurrency}, py-spy for {self.options.profile_s} s")
+        load = functools.partial(run_load, url, api_key, factory, concurrency=concurrency)
+        profile = asyncio.run(
+            profiling.profile_under_load(
+                executable,
+                load,
+                roots,
+                record_s=self.options.profile_s,
+                process_count=self.options.profile_processes,
+                output_prefix=self.options.artifacts / label,
+                progress=self.say,
+            )
+        )
+        profile["concurrency"] = concurrency
+        self.say(f"Profile ({label}): load ran at {profile['items_per_s_while_profiling']:.1f} items/s while profiling")
+        return profile
+
+    # -- 4. the baseline without Ray -----------------------------------------------------
+
+    def measure_baseline(self) -> None:
+        data_dir = Path(tempfile.mkdtemp(prefix="feedbackbot-benchrun-baseline-"))
+        stack = BaselineStack(data_dir, BaselinePorts(), self.settings, progress=self.say)
+        baseline: dict[str, Any] = {"data_dir": str(data_dir)}
+        self.results["baseline"] = baseline
+
+        try:
+            self.say(f"Baseline: starting the plain FastAPI app, its gateway and mail sink in {data_dir}")
+            started = time.monotonic()
+            stack.start()
+            baseline["start_s"] = time.monotonic() - started
+            self._measure_rest_memory(stack.roots, baseline, "memory_at_rest")
+
+            baseline["single"], baseline["cpu_by_role"], peaks = self._single_series(stack.url, stack.api_key, stack.roots, "Baseline")
+            baseline["memory_peak_under_load"] = memory_rows(peaks)
+
+            if "profile" not in self.options.skip:
+                baseline["profile"] = self._profile(stack.url, stack.api_key, stack.roots, "baseline")
+        finally:
+            leftovers = stack.stop()
+            baseline["leftover_pids"] = leftovers
+            self._report_leftovers("baseline", leftovers)
+            stack.save_logs(self.options.artifacts / "baseline-logs")
+            shutil.rmtree(data_dir, ignore_errors=True)
+
+    def _report_leftovers(self, name: str, leftovers: list[int]) -> None:
+        if leftovers:
+            described = ", ".join(f"{pid} ({_describe_pid(pid)})" for pid in leftovers)
+            message = f"processes of the {name} still running after stop: {described}"
+            self.results["errors"].append(message)
+            self.say(message)
+        else:
+            self.say(f"Checked that no process of the {name} is left")
+
+
+def _pending_outbox(url: str) -> int | None:
+    try:
+        response = httpx.get(url + "/healthz", timeout=10.0)
+        return int(response.json()["deployments"]["persistence"]["outbox"]["pending"])
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _busy_cores(before: Any, after: Any, elapsed_s: float) -> float:
+    busy = 0.0
+    for name in after._fields:
+        if name not in ("idle", "iowait", "guest", "guest_nice"):
+            busy += getattr(after, name) - getattr(before, name)
+    return busy / elapsed_s
+
+
+def _describe_pid(pid: int) -> str:
+    try:
+        return role_of(psutil.Process(pid))
+    except psutil.NoSuchProcess:
+        return "exited"
+
+
+def _options_dict(options: Options) -> dict[str, Any]:
+    values = dict(vars(options))
+    values["output"] = str(options.output)
+    values["artifacts"] = str(options.artifacts)
+    values["skip"] = sorted(options.skip)
+    values["render"] = str(options.render) if options.render else None
+    return values
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+    return values
+
+
+# Defaults of a full run and of a --quick smoke run. A command-line option replaces either.
+FULL_DEFAULTS: dict[str, Any] = {
+    "ceiling_batch_sizes": [1, 8, 16, 32],
+    "ceiling_texts": 128,
+    "ceiling_max_seconds": 8.0,
+    "concurrencies": [1, 16, 64],
+    "batch_sizes": [10, 50, 200],
+    "batch_concurrencies": [1, 2],
+    "duration": 10.0,
+    "batch_duration": 6.0,
+    "warmup": 3.0,
+    "repeats": 3,
+    "settle": 10.0,
+    "profile_seconds": 15,
+    "output": DEFAULT_REPORT,
+}
+QUICK_DEFAULTS: dict[str, Any] = {
+    "ceiling_batch_sizes": [1, 16],
+    "ceiling_texts": 48,
+    "ceiling_max_seconds": 3.0,
+    "concurrencies": [1, 16],
+    "batch_sizes": [10],
+    "batch_concurrencies": [2],
+    "duration": 4.0,
+    "batch_duration": 4.0,
+    "warmup": 1.0,
+    "repeats": 1,
+    "settle": 3.0,
+    "profile_seconds": 5,
+    "output": ARTIFACTS_ROOT / "quick.md",
+}
+
+
+def parse_options(argv: list[str] | None = None) -> Options:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.run",
+        description="Benchmark the bare model, the Ray pipeline and a plain FastAPI baseline, and write docs/benchmarks.md.",
+    )
+    parser.add_argument("--quick", action="store_true", help="Smoke run: short phases, one repeat, report under build/bench/.")
+    parser.add_argument("--threads", type=_int_list, help="Torch thread counts for the bare model (default: 1 to nproc).")
+    parser.add_argument("--ceiling-batch-sizes", type=_int_list, help="Batch sizes for the bare model (default: 1,8,16,32).")
+    parser.add_argument("--ceiling-texts", type=int, help="Texts per bare-model measurement (default: 128).")
+    parser.add_argument(
+        "--ceiling-max-seconds", type=float, help="Time limit of one bare-model measurement, in seconds (default: 8)."
+    )
+    parser.add_argument("--concurrencies", type=_int_list, help="Concurrencies of single submissions (default: 1,16,64).")
+    parser.add_argument("--batch-sizes", type=_int_list, help="Items per batch submission (default: 10,50,200).")
+    parser.add_argument("--batch-concurrencies", type=_int_list, help="Concurrencies of batch submissions (default: 1,2).")
+    parser.add_argument("--duration", type=float, help="Seconds of one single-submission measurement (default: 10).")
+    parser.add_argument("--batch-duration", type=float, help="Seconds of one batch measurement (default: 6).")
+    parser.add_argument("--warmup", type=float, help="Seconds of warm-up before each measurement (default: 3).")
+    parser.add_argument("--repeats", type=int, help="Measurements per setting, of which the report shows medians (default: 3).")
+    parser.add_argument("--settle", type=float, help="Seconds to wait after a start before reading memory at rest (default: 10).")
+    parser.add_argument("--profile-seconds", type=int, help="Seconds that py-spy records each process (default: 15).")
+    parser.add_argument("--profile-processes", type=int, default=4, help="Busiest Python processes to profile (default: %(default)s).")
+    parser.add_argument(
+        "--skip",
+        action="append",
+        default=[],
+        choices=["ceiling", "pipeline", "batch", "profile", "baseline"],
+        help="Leave out a phase. Repeat the option to leave out several.",
+    )
+    parser.add_argument("--output", type=Path, help="Report path (default: docs/benchmarks.md, or build/bench/quick.md with --quick).")
+    parser.add_argument(
+        "--render",
+        type=Path,
+        metavar="RESULTS_JSON",
+        help="Measure nothing: write the report from the results.json of an earlier run.",
+    )
+    args = parser.parse_args(argv)
+
+    defaults = QUICK_DEFAULTS if args.quick else FULL_DEFAULTS
+
+    def chosen(name: str) -> Any:
+        value = getattr(args, name)
+        return defaults[name] if value is None else value
+
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return Options(
+        quick=args.quick,
+        render=args.render,
+        threads=args.threads or list(range(1, len(os.sched_getaffinity(0)) + 1)),
+        ceiling_batch_sizes=chosen("ceiling_batch_sizes"),
+        ceiling_texts=chosen("ceiling_texts"),
+        ceiling_max_s=chosen("ceiling_max_seconds"),
+        concurrencies=chosen("concurrencies"),
+        batch_sizes=chosen("batch_sizes"),
+        batch_concurrencies=chosen("batch_concurrencies"),
+        duration_s=chosen("duration"),
+        batch_duration_s=chosen("batch_duration"),
+        warmup_s=chosen("warmup"),
+        repeats=chosen("repeats"),
+        settle_s=chosen("settle"),
+        profile_s=chosen("profile_seconds"),
+        profile_processes=args.profile_processes,
+        output=Path(chosen("output")).resolve(),
+        artifacts=ARTIFACTS_ROOT / stamp,
+        skip=set(args.skip),
+        command=shlex.join(["python", "-m", "bench.run", *(argv if argv is not None else sys.argv[1:])]),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = parse_options(argv)
+    if options.render is not None:
+        results = json.loads(options.render.read_text(encoding="utf-8"))
+        options.output.write_text(report.render(results), encoding="utf-8")
+        print(f"Wrote {options.output} from {options.render}")
+        return 0
+
+    run = BenchmarkRun(options)
+    results = run.run()
+    if results["errors"]:
+        print("Finished with errors:\n  " + "\n  ".join(results["errors"]), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,842 @@
+"""Parquet snapshots of the feedback database, for readers that cannot open the DuckDB file.
+
+DuckDB lets one process open a database file for writing, and then no other process can
+open it, not even to read. The persistence deployment keeps the file open, so notebooks,
+`feedbackbot export` and `feedbackbot query` read a folder of Parquet files instead, which
+persistence publishes through a `SnapshotPublisher`:
+
+    <snapshot_dir>/
+        manifest.json                         the current file set, replaced atomically
+        feedback/base-000000000007.parquet    newest version of each row up to a change_seq
+        feedback/delta-000000000012.parquet   rows inserted or updated since the file before
+        outbox/...                            the same for the outbox table
+        .publisher.lock                       held by the one publisher of the folder
+
+Every row of `feedback` and `outbox` carries `change_seq`, drawn from one DuckDB sequence on
+each insert and update (schema version 2). `publish` runs on the writer's thread between
+transactions: it copies the rows whose change_seq is above the manifest's watermark into one
+delta file per table. `compact` runs on its own thread with its own in-memory DuckDB
+connection that reads only the Parquet files: it merges a table's base and deltas into a new
+base that keeps the version of each id with the highest change_seq.
+
+Guarantees:
+
+- A file is written under a temporary name that starts with "." and ends with ".tmp".
+  It is flushed with fsync and renamed into place with `os.replace`, and only then does the
+  manifest list it. A reader that follows the manifest therefore never opens a partial file.
+- For each table, the files of a manifest hold every row with change_seq up to the
+  manifest's watermark, in the version current at that watermark. A row can appear in
+  several files; the version with the highest change_seq is the current one
+  (`feedbackbot.analysis` builds its views that way).
+- Both tables are copied in one read transaction, so a manifest shows them at one moment.
+- A file that compaction replaces stays on disk for `snapshot_grace_s` after the manifest
+  that drops it is written. A reader that read the manifest less than that long ago finds
+  every file it lists. A reader that keeps a file list longer must read the manifest again.
+- The watermark and the replaced files with their times live in the manifest, so they
+  survive a restart. When the publisher opens, it deletes files that no manifest lists:
+  temporary files and files renamed into place just before a crash.
+- One publisher per folder: `open` takes an exclusive `flock` on `.publisher.lock`.
+- When the database file changes (another path), its sequence is behind the watermark (a
+  restored backup or a new file) or a listed file is missing, the next publish copies both
+  tables in full into new base files and retires all other files.
+
+Limits:
+
+- `publish` relies on being the only writer. A row whose change_seq was drawn by a
+  transaction that commits after the publish started would be skipped for good. Calling it
+  on the writer's thread between transactions rules that out.
+- A publish that finds changes scans both tables for change_seq above the watermark; DuckDB
+  skips row groups whose change_seq range lies below it, so cost grows with recent changes.
+  A full copy also runs on the writer's thread and holds up commits until both tables are
+  copied.
+- Compaction rewrites the whole base, and every replaced base stays for the grace period,
+  so disk use can reach one base per compaction within `snapshot_grace_s`.
+- The snapshots hold the same personal data as the database (customer names, email
+  addresses and texts), so give the folder the same permissions as the database file.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO
+
+import duckdb
+
+from feedbackbot.errors import SnapshotError, SnapshotNotFound
+from feedbackbot.settings import resolve_path
+from feedbackbot.snapshot_manifest import (
+    MANIFEST_NAME,
+    FileKind,
+    Manifest,
+    RetiredFile,
+    SnapshotFile,
+    read_manifest,
+)
+from feedbackbot.snapshot_settings import SnapshotSettings
+
+logger = logging.getLogger(__name__)
+
+LOCK_NAME = ".publisher.lock"
+SPILL_DIR_NAME = ".spill"
+TEMP_PREFIX = "."
+TEMP_SUFFIX = ".tmp"
+
+# The store's tables that snapshots copy. Each has the columns `id` and `change_seq`.
+TABLES = ("feedback", "outbox")
+CHANGE_SEQUENCE = "change_seq"
+
+# Maximum sleep of the idle compaction thread before it looks for expired files again.
+IDLE_CHECK_S = 60.0
+# Maximum wait before the compaction thread retries after a failure.
+COMPACTION_RETRY_MAX_S = 300.0
+
+@dataclass(frozen=True)
+class PublishReport:
+    """Result of one `publish` call.
+
+    `rows` counts the rows copied per table, and `files` lists the new files relative to
+    the snapshot folder. `full_copy_reason` is set when both tables were copied in full.
+    """
+
+    watermark: int
+    rows: Mapping[str, int]
+    files: tuple[str, ...]
+    full_copy_reason: str | None
+    duration_s: float
+
+
+@dataclass(frozen=True)
+class CompactionReport:
+    """Result of one `compact` call: the new base files, the files it retired, and row counts per table."""
+
+    files: tuple[str, ...]
+    retired: tuple[str, ...]
+    rows: Mapping[str, int]
+    duration_s: float
+
+
+@dataclass(frozen=True)
+class _CompactionPlan:
+    table: str
+    inputs: tuple[SnapshotFile, ...]
+    output: str
+
+    @property
+    def max_change_seq(self) -> int:
+        return max(snapshot_file.max_change_seq for snapshot_file in self.inputs)
+
+
+class SnapshotPublisher:
+    """Publishes the writer's changes as Parquet files and compacts them.
+
+    Open it with `open` in the persistence replica after the FeedbackStore. Call `publish`
+    every `snapshot_publish_interval_s` on the thread that owns the writer's connection,
+    between transactions. Call `start_compaction` once to run compaction and the deletion of
+    expired files on a background thread, and `close` when the replica stops.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        settings: SnapshotSettings,
+        manifest: Manifest | None,
+        lock_file: IO[str],
+        clock: Callable[[], float],
+    ) -> None:
+        self.folder = folder
+        self._settings = settings
+        self._manifest = manifest
+        self._lock_file = lock_file
+        self._clock = clock
+        self._next_file_number = manifest.next_file_number if manifest else 1
+        self._full_copy_reason: str | None = None
+
+        # _state_lock guards _manifest, _next_file_number and _compaction_connection; it is
+        # held only for renames and manifest writes, never while DuckDB copies rows.
+        self._state_lock = threading.Lock()
+        self._compaction_lock = threading.Lock()
+        self._compaction_connection: duckdb.DuckDBPyConnection | None = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    @classmethod
+    def open(cls, settings: SnapshotSettings, *, clock: Callable[[], float] = time.time) -> "SnapshotPublisher":
+        """Lock the snapshot folder, load its manifest and delete files that no manifest lists.
+
+        `clock` returns seconds since the epoch; tests pass a fake one. Raises SnapshotError
+        when the folder cannot be created or locked, or its manifest is invalid.
+        """
+        folder = resolve_path(settings.snapshot_dir)
+        try:
+            for table in TABLES:
+                (folder / table).mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise SnapshotError(
+                f"Failed to create the snapshot folder {folder}: {error}. Set snapshot_dir to a writable location."
+            ) from error
+
+        lock_file = _lock_folder(folder)
+        try:
+            manifest = read_manifest(folder)
+        except SnapshotNotFound:
+            manifest = None
+        except SnapshotError:
+            _unlock_folder(lock_file)
+            raise
+
+        publisher = cls(folder, settings, manifest, lock_file, clock)
+        try:
+            publisher._check_listed_files()
+            publisher._delete_unlisted_files()
+        except OSError as error:
+            _unlock_folder(lock_file)
+            raise SnapshotError(f"Failed to list the files of the snapshot folder {folder}: {error}") from error
+
+        if manifest is None:
+            logger.info("Opened the empty snapshot folder %s", folder)
+        else:
+            logger.info(
+                "Opened the snapshot folder %s at watermark %d, generation %d, with %d retired file(s)",
+                folder,
+                manifest.watermark,
+                manifest.generation,
+                len(manifest.retired),
+            )
+        return publisher
+
+    @property
+    def manifest(self) -> Manifest | None:
+        """The manifest as last written, or None before the first publish."""
+        with self._state_lock:
+            return self._manifest
+
+    @property
+    def settings(self) -> SnapshotSettings:
+        """The settings the publisher was opened with."""
+        return self._settings
+
+    # -- publish ------------------------------------------------------------------------------
+
+    def publish(self, connection: duckdb.DuckDBPyConnection) -> PublishReport:
+        """Copy the rows changed since the last publish into delta files and list them in the manifest.
+
+        Call it with the writer's connection, on the thread that owns it, between
+        transactions: it opens a read transaction of its own. The first publish, and one
+        after the database was replaced, copies both tables in full. Writes the manifest
+        even when nothing changed, so that `checked_at` shows readers how fresh the data
+        is. Raises SnapshotError; the manifest then stays as it was.
+        """
+        started = time.monotonic()
+        with self._state_lock:
+            manifest = self._manifest
+            forced_reason = self._full_copy_reason
+
+        self._begin_read_transaction(connection)
+        latest, database, full_copy_reason, copies = self._copy_in_transaction(connection, manifest, forced_reason)
+
+        if latest is None:
+            raise SnapshotError(
+                f"The database {database} has no {CHANGE_SEQUENCE} sequence, so no snapshot can be "
+                "published. Open it once with FeedbackStore, which migrates it to schema version 2."
+            )
+
+        try:
+            for temp, _ in copies.values():
+                _fsync_file(temp)
+            files = self._install_copies(copies, latest, database, full_copy_reason)
+        except OSError as error:
+            _remove_quietly(temp for temp, _ in copies.values())
+            raise SnapshotError(
+                f"Failed to write the snapshot in {self.folder}: {error}. Check free space and "
+                "permissions; the next publish tries again."
+            ) from error
+
+        report = PublishReport(
+            watermark=latest,
+            rows={table: rows for table, (_, rows) in copies.items()},
+            files=files,
+            full_copy_reason=full_copy_reason,
+            duration_s=time.monotonic() - started,
+        )
+        self._log_publish(report)
+
+        with self._state_lock:
+            manifest = self._manifest
+        if any(manifest.delta_count(table) >= self._settings.snapshot_compaction_deltas for table in TABLES):
+            self._wake.set()
+        return report
+
+    def _begin_read_transaction(self, connection: duckdb.DuckDBPyConnection) -> None:
+        try:
+            # A failed BEGIN would abort the writer's open transaction, so look first.
+            if _in_explicit_transaction(connection):
+                raise SnapshotError(
+                    f"The writer's connection has an open transaction, so no snapshot was published to "
+                    f"{self.folder}. Call publish between the writer's transactions, on the thread that owns it."
+                )
+            connection.execute("BEGIN TRANSACTION")
+        except duckdb.Error as error:
+            raise SnapshotError(
+                f"Failed to start a read transaction for the snapshot in {self.folder}: {error}. "
+                "Call publish between the writer's transactions, on the thread that owns its connection."
+            ) from error
+
+    def _copy_in_transaction(
+        self, connection: duckdb.DuckDBPyConnection, manifest: Manifest | None, forced_reason: str | None
+    ) -> tuple[int | None, str, str | None, dict[str, tuple[Path, int]]]:
+        """Copy each table's changes to a temporary file, then end the read transaction.
+
+        Returns the sequence's last value (None when the sequence is missing), the database
+        path, the reason for a full copy or None, and the temporary file and row count per
+        table. Raises SnapshotError after removing the temporary files.
+        """
+        copies: dict[str, tuple[Path, int]] = {}
+        full_copy_reason: str | None = None
+        try:
+            latest = _latest_change_seq(connection)
+            database = _database_path(connection)
+            if latest is not None:
+                full_copy_reason = forced_reason or _reason_for_full_copy(manifest, latest, database)
+                after = 0 if full_copy_reason else manifest.watermark
+                if full_copy_reason or latest > after:
+                    for table in TABLES:
+                        temp = self._temp_path(table)
+                        # Recorded before the copy, so that a failed copy's partial file is removed.
+                        copies[table] = (temp, 0)
+                        copies[table] = (temp, _copy_changes(connection, table, after, latest, temp))
+            connection.execute("COMMIT")
+        except duckdb.Error as error:
+            _rollback_quietly(connection)
+            _remove_quietly(temp for temp, _ in copies.values())
+            raise SnapshotError(
+                f"Failed to copy changes into the snapshot folder {self.folder}: {error}. "
+                "The snapshot stays as it was, and the next publish tries again."
+            ) from error
+        return latest, database, full_copy_reason, copies
+
+    def _install_copies(
+        self, copies: Mapping[str, tuple[Path, int]], latest: int, database: str, full_copy_reason: str | None
+    ) -> tuple[str, ...]:
+        """Rename the copies into place and write the manifest that lists them; return their paths."""
+        now = self._now()
+        kind: FileKind = "base" if full_copy_reason else "delta"
+
+        with self._state_lock:
+            manifest = self._manifest
+            tables = {table: () if full_copy_reason or manifest is None else manifest.files(table) for table in TABLES}
+            retired = list(manifest.retired) if manifest else []
+            if full_copy_reason and manifest is not None:
+                retired.extend(RetiredFile(f.path, now) for table in TABLES for f in manifest.files(table))
+
+            written = []
+            for table, (temp, rows) in copies.items():
+                # An empty delta adds nothing, but a full copy keeps its empty base file so
+                # that readers learn the table's columns.
+                if kind == "delta" and rows == 0:
+                    temp.unlink(missing_ok=True)
+                    continue
+                relative = self._allocate_path(table, kind)
+                os.replace(temp, self.folder / relative)
+                tables[table] = tables[table] + (SnapshotFile(relative, kind, rows, latest),)
+                written.append(relative)
+
+            updated = Manifest(
+                generation=manifest.generation + 1 if manifest else 1,
+                database=database,
+                watermark=latest,
+                checked_at=now,
+                next_file_number=self._next_file_number,
+                tables=tables,
+                retired=tuple(retired),
+            )
+            self._write_manifest(updated)
+            self._manifest = updated
+            self._full_copy_reason = None
+
+        return tuple(written)
+
+    def _log_publish(self, report: PublishReport) -> None:
+        if report.full_copy_reason:
+            logger.info(
+                "Published a full snapshot copy (%s) at watermark %d: %s rows in %.2f s",
+                report.full_copy_reason,
+                report.watermark,
+                dict(report.rows),
+                report.duration_s,
+            )
+        elif report.files:
+            logger.debug(
+                "Published %s changed rows at watermark %d in %.3f s",
+                dict(report.rows),
+                report.watermark,
+                report.duration_s,
+            )
+
+    # -- compaction ---------------------------------------------------------------------------
+
+    def compact(self, *, force: bool = False) -> CompactionReport:
+        """Merge each table that has `snapshot_compaction_deltas` delta files into a new base.
+
+        With `force`, merge every table that has more than one file. Runs on the calling
+        thread with its own in-memory DuckDB connection, which reads only the Parquet files,
+        so `publish` can run meanwhile. The replaced files stay listed as retired for the
+        grace period. Raises SnapshotError; the manifest then stays as it was.
+        """
+        with self._compaction_lock:
+            started = time.monotonic()
+            plans = self._plan_compaction(force)
+            if not plans:
+                return CompactionReport(files=(), retired=(), rows={}, duration_s=0.0)
+
+            logger.info(
+                "Started compacting snapshot table(s) %s: %d file(s)",
+                ", ".join(plan.table for plan in plans),
+                sum(len(plan.inputs) for plan in plans),
+            )
+            merged = self._merge_all(plans)
+            try:
+                installed = self._install_compaction(merged)
+            except OSError as error:
+                _remove_quietly(self.folder / plan.output for plan, _ in merged)
+                raise SnapshotError(
+                    f"Failed to write the snapshot manifest in {self.folder} after compaction: {error}. "
+                    "Check free space and permissions; compaction tries again later."
+                ) from error
+
+            report = CompactionReport(
+                files=tuple(plan.output for plan, _ in installed),
+                retired=tuple(f.path for plan, _ in installed for f in plan.inputs),
+                rows={plan.table: rows for plan, rows in installed},
+                duration_s=time.monotonic() - started,
+            )
+            logger.info(
+                "Compacted %d snapshot file(s) into %s in %.2f s",
+                len(report.retired),
+                ", ".join(report.files) or "nothing",
+                report.duration_s,
+            )
+            return report
+
+    def _plan_compaction(self, force: bool) -> list[_CompactionPlan]:
+        threshold = self._settings.snapshot_compaction_deltas
+        with self._state_lock:
+            manifest = self._manifest
+            if manifest is None:
+                return []
+
+            plans = []
+            for table in TABLES:
+                files = manifest.files(table)
+                if manifest.delta_count(table) >= threshold or (force and len(files) > 1):
+                    plans.append(_CompactionPlan(table, files, self._allocate_path(table, "base")))
+            return plans
+
+    def _merge_all(self, plans: list[_CompactionPlan]) -> list[tuple[_CompactionPlan, int]]:
+        """Write a new base file per plan and rename it into place, unlisted; return the row counts."""
+        connection = self._open_compaction_connection()
+        merged: list[tuple[_CompactionPlan, int]] = []
+        temp: Path | None = None
+        try:
+            for plan in plans:
+                if self._stop.is_set():
+                    break
+                temp = self._temp_path(plan.table)
+                rows = self._merge(connection, plan, temp)
+                _fsync_file(temp)
+                os.replace(temp, self.folder / plan.output)
+                temp = None
+                merged.append((plan, rows))
+        except (duckdb.Error, OSError) as error:
+            _remove_quietly([temp] if temp else [])
+            _remove_quietly(self.folder / plan.output for plan, _ in merged)
+            raise SnapshotError(
+                f"Failed to compact the snapshot files in {self.folder}: {error}. The files stay "
+                "as they were, and compaction tries again later; if it keeps failing, raise "
+                "snapshot_compaction_memory_mib or free disk space."
+            ) from error
+        finally:
+            with self._state_lock:
+                self._compaction_connection = None
+            connection.close()
+        return merged
+
+    def _open_compaction_connection(self) -> duckdb.DuckDBPyConnection:
+        # One thread, so that compaction leaves the replica's other cores to ingestion.
+        config = {
+            "threads": 1,
+            "memory_limit": f"{self._settings.snapshot_compaction_memory_mib}MiB",
+            "temp_directory": str(self.folder / SPILL_DIR_NAME),
+        }
+        try:
+            connection = duckdb.connect(":memory:", config=config)
+        except duckdb.Error as error:
+            raise SnapshotError(f"Failed to open an in-memory DuckDB connection for compaction: {error}") from error
+
+        with self._state_lock:
+            self._compaction_connection = connection
+        return connection
+
+    def _merge(self, connection: duckdb.DuckDBPyConnection, plan: _CompactionPlan, temp: Path) -> int:
+        paths = [str(self.folder / snapshot_file.path) for snapshot_file in plan.inputs]
+        # union_by_name: files written before a schema migration lack the new columns.
+        rows = connection.execute(
+            "COPY (SELECT * FROM read_parquet(?, union_by_name = true) "
+            "QUALIFY row_number() OVER (PARTITION BY id ORDER BY change_seq DESC) = 1 ORDER BY change_seq) "
+            "TO ? (FORMAT parquet, COMPRESSION zstd)",
+            [paths, str(temp)],
+        ).fetchall()
+        return int(rows[0][0])
+
+    def _install_compaction(
+        self, merged: list[tuple[_CompactionPlan, int]]
+    ) -> list[tuple[_CompactionPlan, int]]:
+        """List the new base files in place of their inputs; drop a merge whose inputs changed meanwhile."""
+        now = self._now()
+        with self._state_lock:
+            manifest = self._manifest
+            tables = dict(manifest.tables)
+            retired = list(manifest.retired)
+            installed = []
+            for plan, rows in merged:
+                current = manifest.files(plan.table)
+                if not set(plan.inputs) <= set(current):
+                    # A full copy replaced the inputs while they were merged.
+                    (self.folder / plan.output).unlink(missing_ok=True)
+                    logger.info("Discarded the compaction of %s because a full copy replaced its files", plan.table)
+                    continue
+                remaining = tuple(f for f in current if f not in plan.inputs)
+                tables[plan.table] = (SnapshotFile(plan.output, "base", rows, plan.max_change_seq),) + remaining
+                retired.extend(RetiredFile(f.path, now) for f in plan.inputs)
+                installed.append((plan, rows))
+
+            if installed:
+                updated = replace(
+                    manifest,
+                    generation=manifest.generation + 1,
+                    next_file_number=self._next_file_number,
+                    tables=tables,
+                    retired=tuple(retired),
+                )
+                self._write_manifest(updated)
+                self._manifest = updated
+        return installed
+
+    def delete_expired_files(self) -> int:
+        """Delete the retired files whose grace period has passed; return how many were removed from the manifest."""
+        now = self._now()
+        with self._state_lock:
+            manifest = self._manifest
+            if manifest is None:
+                return 0
+            expired = [r for r in manifest.retired if _age_s(r.retired_at, now) >= self._settings.snapshot_grace_s]
+            if not expired:
+                return 0
+
+            kept = tuple(r for r in manifest.retired if r not in expired)
+            updated = replace(manifest, generation=manifest.generation + 1, retired=kept)
+            try:
+                self._write_manifest(updated)
+            except OSError as error:
+                raise SnapshotError(
+                    f"Failed to write the snapshot manifest in {self.folder}: {error}. "
+                    "Check free space and permissions; expired files are deleted later."
+                ) from error
+            self._manifest = updated
+
+        # The manifest no longer lists these files, so a failed unlink leaves an orphan that
+        # the next `open` deletes.
+        for retired in expired:
+            try:
+                (self.folder / retired.path).unlink(missing_ok=True)
+            except OSError as error:
+                logger.warning("Failed to delete the expired snapshot file %s: %s", retired.path, error)
+        logger.info(
+            "Deleted %d snapshot file(s) replaced more than %.0f s ago", len(expired), self._settings.snapshot_grace_s
+        )
+        return len(expired)
+
+    def start_compaction(self) -> None:
+        """Start the background thread that compacts and deletes expired files; does nothing when it runs."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._compact_forever, name="snapshot-compaction", daemon=True)
+        self._thread.start()
+
+    def stop_compaction(self, timeout_s: float = 30.0) -> None:
+        """Stop the background thread, interrupting a running merge, and wait up to `timeout_s` for it."""
+        thread = self._thread
+        if thread is None:
+            return
+
+        self._stop.set()
+        self._wake.set()
+        with self._state_lock:
+            if self._compaction_connection is not None:
+                try:
+                    self._compaction_connection.interrupt()
+                except duckdb.Error as error:
+                    logger.warning("Failed to interrupt the running snapshot compaction: %s", error)
+        thread.join(timeout_s)
+        if thread.is_alive():
+            # Kept, so that start_compaction does not start a second thread beside it.
+            logger.warning("Snapshot compaction did not stop within %.0f s; it stops after its merge", timeout_s)
+            return
+
+        # Cleared, so that a later compact() call on another thread merges again.
+        self._stop.clear()
+        self._thread = None
+
+    @property
+    def compaction_running(self) -> bool:
+        """Whether the background compaction thread runs; false after an unexpected error stopped it."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def _compact_forever(self) -> None:
+        try:
+            self._compact_until_stopped()
+        except Exception:
+            logger.exception("Snapshot compaction stopped on an unexpected error; files accumulate until a restart")
+
+    def _compact_until_stopped(self) -> None:
+        logger.info(
+            "Started snapshot compaction for %s: at %d delta files, keeping replaced files %.0f s",
+            self.folder,
+            self._settings.snapshot_compaction_deltas,
+            self._settings.snapshot_grace_s,
+        )
+        failures = 0
+        while not self._stop.is_set():
+            # Cleared before the work, so that a publish that sets it meanwhile is not lost.
+            self._wake.clear()
+            try:
+                self.compact()
+                self.delete_expired_files()
+                failures = 0
+                wait_s = self._seconds_until_next_expiry()
+            except SnapshotError as error:
+                if self._stop.is_set():
+                    break
+                failures += 1
+                wait_s = min(COMPACTION_RETRY_MAX_S, 2.0**failures)
+                logger.error("Snapshot compaction failed (%d in a row); retrying in %.0f s: %s", failures, wait_s, error)
+            self._wake.wait(wait_s)
+        logger.info("Stopped snapshot compaction for %s", self.folder)
+
+    def _seconds_until_next_expiry(self) -> float:
+        with self._state_lock:
+            manifest = self._manifest
+        if manifest is None or not manifest.retired:
+            return IDLE_CHECK_S
+        now = self._now()
+        remaining = min(self._settings.snapshot_grace_s - _age_s(r.retired_at, now) for r in manifest.retired)
+        return min(IDLE_CHECK_S, max(remaining, 0.0))
+
+    def close(self) -> None:
+        """Stop compaction and release the folder's lock; a second call does nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        self.stop_compaction()
+        _unlock_folder(self._lock_file)
+        logger.info("Closed the snapshot folder %s", self.folder)
+
+    # -- files --------------------------------------------------------------------------------
+
+    def _allocate_path(self, table: str, kind: FileKind) -> str:
+        """Return a new file name; call with _state_lock held or before other threads start."""
+        number = self._next_file_number
+        self._next_file_number += 1
+        return f"{table}/{kind}-{number:012d}.parquet"
+
+    def _temp_path(self, table: str) -> Path:
+        return self.folder / table / f"{TEMP_PREFIX}{uuid.uuid4().hex}{TEMP_SUFFIX}"
+
+    def _write_manifest(self, manifest: Manifest) -> None:
+        """Replace manifest.json atomically; raises OSError."""
+        temp = self.folder / f"{TEMP_PREFIX}manifest-{uuid.uuid4().hex}{TEMP_SUFFIX}"
+        try:
+            with temp.open("w", encoding="utf-8") as handle:
+                handle.write(manifest.to_json())
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp, self.folder / MANIFEST_NAME)
+        except OSError:
+            temp.unlink(missing_ok=True)
+            raise
+        # The rename itself becomes durable only with the folder's fsync. Without it a crash
+        # could bring back an older manifest whose retired files were already deleted.
+        _fsync_directory(self.folder)
+
+    def _check_listed_files(self) -> None:
+        manifest = self._manifest
+        if manifest is None:
+            return
+        missing = [f.path for table in TABLES for f in manifest.files(table) if not (self.folder / f.path).exists()]
+        if missing:
+            self._full_copy_reason = f"{len(missing)} listed file(s) are missing, for example {missing[0]}"
+            logger.warning(
+                "The snapshot in %s lists missing files (%s); the next publish copies everything again",
+                self.folder,
+                ", ".join(missing[:3]),
+            )
+
+    def _delete_unlisted_files(self) -> None:
+        """Delete temporary files and files no manifest lists, left by a crash."""
+        listed = self._manifest.referenced_paths() if self._manifest else set()
+        candidates = [path for path in self.folder.iterdir() if path.is_file() and _is_temp_name(path.name)]
+        for table in TABLES:
+            candidates.extend(path for path in (self.folder / table).iterdir() if path.is_file())
+
+        deleted = 0
+        for path in candidates:
+            relative = path.relative_to(self.folder).as_posix()
+            if relative in listed:
+                continue
+            try:
+                path.unlink(missing_ok=True)
+                deleted += 1
+            except OSError as error:
+                logger.warning("Failed to delete the leftover snapshot file %s: %s", path, error)
+        if deleted:
+            logger.info("Deleted %d leftover snapshot file(s) in %s", deleted, self.folder)
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self._clock(), tz=timezone.utc)
+
+
+def _reason_for_full_copy(manifest: Manifest | None, latest: int, database: str) -> str | None:
+    if manifest is None:
+        return "the folder has no snapshot yet"
+    if manifest.database != database:
+        return f"the database changed from {manifest.database} to {database}"
+    if latest < manifest.watermark:
+        return (
+            f"the database's change_seq {latest} is behind the snapshot's watermark "
+            f"{manifest.watermark}, so the file was replaced or restored"
+        )
+    return None
+
+
+def _in_explicit_transaction(connection: duckdb.DuckDBPyConnection) -> bool:
+    """Return whether BEGIN was run on the connection without COMMIT or ROLLBACK yet.
+
+    In autocommit mode each statement runs in a transaction of its own, so two statements
+    see two transaction ids. Inside an explicit transaction they see the same one.
+    """
+    first = connection.execute("SELECT txid_current()").fetchall()[0][0]
+    second = connection.execute("SELECT txid_current()").fetchall()[0][0]
+    return first == second
+
+
+def _latest_change_seq(connection: duckdb.DuckDBPyConnection) -> int | None:
+    """Return the sequence's last value, 0 when unused, or None when the sequence is missing.
+
+    Every committed row has a change_seq at or below it. DuckDB keeps the value in the file,
+    so it survives a restart.
+    """
+    rows = connection.execute(
+        "SELECT last_value FROM duckdb_sequences() WHERE database_name = current_database() AND sequence_name = ?",
+        [CHANGE_SEQUENCE],
+    ).fetchall()
+    if not rows:
+        return None
+    return rows[0][0] or 0
+
+
+def _database_path(connection: duckdb.DuckDBPyConnection) -> str:
+    rows = connection.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchall()
+    return rows[0][0] if rows and rows[0][0] else ":memory:"
+
+
+def _copy_changes(connection: duckdb.DuckDBPyConnection, table: str, after: int, latest: int, temp: Path) -> int:
+    """Copy the rows of `table` with `after` < change_seq <= `latest` into `temp`; return the row count."""
+    # TODO: change_seq records inserts and updates only. A DELETE (future retention or
+    # erasure) leaves the row in the snapshot until the next full copy.
+
+    # `table` comes from TABLES, never from input, because a table name cannot be a parameter.
+    rows = connection.execute(
+        f"COPY (SELECT * FROM {table} WHERE change_seq > ? AND change_seq <= ? ORDER BY change_seq) "
+        "TO ? (FORMAT parquet, COMPRESSION zstd)",
+        [after, latest, str(temp)],
+    ).fetchall()
+    return int(rows[0][0])
+
+
+def _rollback_quietly(connection: duckdb.DuckDBPyConnection) -> None:
+    try:
+        connection.execute("ROLLBACK")
+    except duckdb.Error as error:
+        logger.warning("Rollback of the snapshot's read transaction also failed: %s", error)
+
+
+def _remove_quietly(paths) -> None:
+    for path in paths:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as error:
+            logger.warning("Failed to delete the temporary snapshot file %s: %s", path, error)
+
+
+def _fsync_file(path: Path) -> None:
+    with path.open("rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _fsync_directory(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _is_temp_name(name: str) -> bool:
+    return name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)
+
+
+def _age_s(moment: datetime, now: datetime) -> float:
+    return (now - moment).total_seconds()
+
+
+def _lock_folder(folder: Path) -> IO[str]:
+    path = folder / LOCK_NAME
+    try:
+        lock_file = path.open("a+", encoding="utf-8")
+    except OSError as error:
+        raise SnapshotError(f"Failed to open the lock file {path}: {error}. Check the folder's permissions.") from error
+
+    try:
+        fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as error:
+        lock_file.seek(0)
+        holder = lock_file.read().strip() or "unknown"
+        lock_file.close()
+        raise SnapshotError(
+            f"Another process (pid {holder}) publishes snapshots to {folder}. Persistence must run "
+            "as one replica; stop the other process or give this one its own snapshot_dir."
+        ) from error
+
+    lock_file.seek(0)
+    lock_file.truncate()
+    lock_file.write(str(os.getpid()))
+    lock_file.flush()
+    return lock_file
+
+
+def _unlock_folder(lock_file: IO[str]) -> None:
+    try:
+        fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
+    finally:
+        lock_file.close()

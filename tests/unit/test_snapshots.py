@@ -1,0 +1,530 @@
+"""SnapshotPublisher against real DuckDB files: deltas, watermark, compaction, grace period, readers."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from feedbackbot import analysis, snapshots
+from feedbackbot.errors import SnapshotError
+from feedbackbot.snapshot_manifest import read_manifest
+from feedbackbot.snapshot_settings import SnapshotSettings
+from feedbackbot.snapshots import TEMP_SUFFIX, SnapshotPublisher
+from feedbackbot.store import FeedbackStore
+from models.feedback import DeliveryResult
+from tests.unit.snapshot_data import START, fill_store, make_record, owed_notifications, sentiment
+
+READER_DEADLINE_S = 60.0
+
+
+class FakeClock:
+    """Seconds since the epoch that only move when a test advances them."""
+
+    def __init__(self) -> None:
+        self.now = START.timestamp()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[FeedbackStore]:
+    opened = FeedbackStore.open(tmp_path / "feedback.duckdb")
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def open_publisher(folder: Path, clock: FakeClock | None = None, **settings: object) -> SnapshotPublisher:
+    values: dict[str, object] = {"snapshot_dir": str(folder)}
+    values.update(settings)
+    return SnapshotPublisher.open(SnapshotSettings(**values), clock=clock or FakeClock())
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    return tmp_path / "snapshots"
+
+
+@pytest.fixture
+def publisher(folder: Path, clock: FakeClock) -> Iterator[SnapshotPublisher]:
+    opened = open_publisher(folder, clock, snapshot_compaction_deltas=3)
+    yield opened
+    opened.close()
+
+
+def connection_of(store: FeedbackStore) -> duckdb.DuckDBPyConnection:
+    # The persistence deployment passes the same connection, on its DuckDB thread.
+    return store._connection
+
+
+def parquet_ids(folder: Path, relative: str) -> list[str]:
+    rows = duckdb.execute(
+        "SELECT id::VARCHAR FROM read_parquet(?) ORDER BY change_seq", [str(folder / relative)]
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
+def files_on_disk(folder: Path) -> set[str]:
+    return {path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file()}
+
+
+# -- publish --------------------------------------------------------------------------------
+
+
+def test_first_publish_writes_empty_base_files(store: FeedbackStore, publisher: SnapshotPublisher, folder: Path) -> None:
+    report = publisher.publish(connection_of(store))
+
+    manifest = read_manifest(folder)
+    assert report.full_copy_reason == "the folder has no snapshot yet"
+    assert manifest.watermark == 0
+    assert [f.kind for f in manifest.files("feedback")] == ["base"]
+    assert [f.kind for f in manifest.files("outbox")] == ["base"]
+    assert manifest.files("feedback")[0].rows == 0
+
+
+def test_publish_copies_only_changed_rows(store: FeedbackStore, publisher: SnapshotPublisher, folder: Path) -> None:
+    publisher.publish(connection_of(store))
+    first = [make_record() for _ in range(3)]
+    store.insert_many(first)
+
+    report = publisher.publish(connection_of(store))
+    second = [make_record() for _ in range(2)]
+    store.insert_many(second)
+    later = publisher.publish(connection_of(store))
+
+    assert report.rows == {"feedback": 3, "outbox": 0}
+    assert len(report.files) == 1
+    assert parquet_ids(folder, report.files[0]) == [str(record.id) for record in first]
+    assert parquet_ids(folder, later.files[0]) == [str(record.id) for record in second]
+    assert [f.kind for f in read_manifest(folder).files("feedback")] == ["base", "delta", "delta"]
+
+
+def test_publish_copies_outbox_with_feedback(store: FeedbackStore, publisher: SnapshotPublisher) -> None:
+    publisher.publish(connection_of(store))
+    record = make_record(rating=1)
+    store.commit_submissions([(record, None, owed_notifications(record))], now=START, idempotency_window_s=60)
+
+    report = publisher.publish(connection_of(store))
+
+    assert report.rows == {"feedback": 1, "outbox": 2}
+    assert {path.split("/")[0] for path in report.files} == {"feedback", "outbox"}
+
+
+def test_publish_without_changes_writes_no_file(
+    store: FeedbackStore, publisher: SnapshotPublisher, folder: Path, clock: FakeClock
+) -> None:
+    store.insert_many([make_record()])
+    publisher.publish(connection_of(store))
+    before = read_manifest(folder)
+    clock.advance(5)
+
+    report = publisher.publish(connection_of(store))
+
+    after = read_manifest(folder)
+    assert report.files == ()
+    assert after.tables == before.tables
+    assert after.generation == before.generation + 1
+    assert after.checked_at - before.checked_at == timedelta(seconds=5)
+
+
+def test_publish_leaves_writer_usable(store: FeedbackStore, publisher: SnapshotPublisher) -> None:
+    publisher.publish(connection_of(store))
+
+    record = make_record()
+    store.insert_many([record])
+
+    assert store.get(record.id) == record
+
+
+def test_publish_inside_open_transaction_rejected(
+    store: FeedbackStore, publisher: SnapshotPublisher, folder: Path
+) -> None:
+    publisher.publish(connection_of(store))
+    record = make_record()
+    connection = connection_of(store)
+    connection.execute("BEGIN TRANSACTION")
+    connection.execute("INSERT INTO schema_version (version) VALUES (99)")
+
+    with pytest.raises(SnapshotError, match="between the writer's transactions"):
+        publisher.publish(connection)
+
+    # The writer's own transaction is still open and commits.
+    connection.execute("COMMIT")
+    assert connection.execute("SELECT count(*) FROM schema_version WHERE version = 99").fetchall() == [(1,)]
+    store.insert_many([record])
+    assert read_manifest(folder).watermark == 0
+
+
+def test_watermark_survives_restart(store: FeedbackStore, folder: Path, clock: FakeClock) -> None:
+    first = open_publisher(folder, clock)
+    store.insert_many([make_record() for _ in range(4)])
+    first.publish(connection_of(store))
+    first.close()
+    fresh = make_record()
+    store.insert_many([fresh])
+
+    second = open_publisher(folder, clock)
+    report = second.publish(connection_of(store))
+    second.close()
+
+    assert report.full_copy_reason is None
+    assert report.rows["feedback"] == 1
+    assert parquet_ids(folder, report.files[0]) == [str(fresh.id)]
+    assert read_manifest(folder).watermark == 5
+
+
+def test_restart_after_store_reopen_keeps_watermark(tmp_path: Path, folder: Path, clock: FakeClock) -> None:
+    path = tmp_path / "reopened.duckdb"
+    store = FeedbackStore.open(path)
+    publisher = open_publisher(folder, clock)
+    store.insert_many([make_record(), make_record()])
+    publisher.publish(connection_of(store))
+    store.close()
+
+    store = FeedbackStore.open(path)
+    store.insert_many([make_record()])
+    report = publisher.publish(connection_of(store))
+    store.close()
+    publisher.close()
+
+    assert report.full_copy_reason is None
+    assert report.rows["feedback"] == 1
+
+
+def test_late_sentiment_shows_newest_version(store: FeedbackStore, publisher: SnapshotPublisher, folder: Path) -> None:
+    waiting = make_record(sentiment_label=None, sentiment_score=None, model_version=None)
+    store.insert_many([waiting])
+    publisher.publish(connection_of(store))
+    store.record_enrichment_failure([waiting.id], error_text="model timed out")
+    publisher.publish(connection_of(store))
+    store.complete_enrichment([(waiting.with_sentiment(sentiment("negative", 0.12)), [])], now=START)
+
+    publisher.publish(connection_of(store))
+
+    with analysis.connect(folder) as connection:
+        rows = connection.execute(
+            "SELECT sentiment_label, sentiment_score, enrichment_attempts, enrichment_error FROM feedback"
+        ).fetchall()
+    assert rows == [("negative", 0.12, 2, None)]
+    assert sum(f.rows for f in read_manifest(folder).files("feedback")) == 3
+
+
+def test_outbox_status_change_published(store: FeedbackStore, publisher: SnapshotPublisher, folder: Path) -> None:
+    record = make_record()
+    store.commit_submissions([(record, None, owed_notifications(record))], now=START, idempotency_window_s=60)
+    publisher.publish(connection_of(store))
+    claimed = store.claim_notifications(now=START, limit=10, lease_s=60)
+    store.finish_notifications([DeliveryResult(entry_id=claimed[0].entry.id, outcome="sent")], now=START)
+
+    publisher.publish(connection_of(store))
+
+    with analysis.connect(folder) as connection:
+        rows = connection.execute("SELECT status, attempts FROM notifications").fetchall()
+    assert rows == [("sent", 1)]
+
+
+def test_replaced_database_gets_full_copy(tmp_path: Path, store: FeedbackStore, publisher: SnapshotPublisher, folder: Path) -> None:
+    store.insert_many([make_record() for _ in range(3)])
+    publisher.publish(connection_of(store))
+    old_files = {f.path for f in read_manifest(folder).files("feedback")}
+    other = FeedbackStore.open(tmp_path / "other.duckdb")
+    kept = make_record()
+    other.insert_many([kept])
+
+    report = publisher.publish(connection_of(other))
+    other.close()
+
+    manifest = read_manifest(folder)
+    assert "the database changed" in report.full_copy_reason
+    assert [f.kind for f in manifest.files("feedback")] == ["base"]
+    assert old_files <= {retired.path for retired in manifest.retired}
+    with analysis.connect(folder) as connection:
+        assert connection.execute("SELECT id FROM feedback").fetchall() == [(kept.id,)]
+
+
+def test_sequence_behind_watermark_gets_full_copy(tmp_path: Path, folder: Path, clock: FakeClock) -> None:
+    path = tmp_path / "restored.duckdb"
+    store = FeedbackStore.open(path)
+    store.insert_many([make_record() for _ in range(5)])
+    publisher = open_publisher(folder, clock)
+    publisher.publish(connection_of(store))
+    store.close()
+    path.unlink()
+    store = FeedbackStore.open(path)
+    store.insert_many([make_record()])
+
+    report = publisher.publish(connection_of(store))
+    store.close()
+    publisher.close()
+
+    assert "behind the snapshot's watermark" in report.full_copy_reason
+    assert read_manifest(folder).watermark == 1
+
+
+def test_missing_listed_file_gets_full_copy(store: FeedbackStore, folder: Path, clock: FakeClock) -> None:
+    publisher = open_publisher(folder, clock)
+    store.insert_many([make_record()])
+    report = publisher.publish(connection_of(store))
+    publisher.close()
+    (folder / report.files[0]).unlink()
+
+    reopened = open_publisher(folder, clock)
+    repaired = reopened.publish(connection_of(store))
+    reopened.close()
+
+    assert "missing" in repaired.full_copy_reason
+    assert repaired.rows["feedback"] == 1
+
+
+def test_second_publisher_on_folder_rejected(publisher: SnapshotPublisher, folder: Path) -> None:
+    with pytest.raises(SnapshotError, match="Another process"):
+        open_publisher(folder)
+
+
+def test_invalid_manifest_rejected(folder: Path) -> None:
+    folder.mkdir()
+    (folder / "manifest.json").write_text("{not json", encoding="utf-8")
+
+    with pytest.raises(SnapshotError, match="is invalid"):
+        open_publisher(folder)
+
+
+def test_failed_copy_leaves_no_file(
+    store: FeedbackStore, publisher: SnapshotPublisher, folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    publisher.publish(connection_of(store))
+    before = read_manifest(folder)
+    store.insert_many([make_record()])
+    real_copy = snapshots._copy_changes
+
+    def copy_then_fail(connection, table, after, latest, temp):
+        real_copy(connection, table, after, latest, temp)
+        raise duckdb.IOException("disk full")
+
+    monkeypatch.setattr(snapshots, "_copy_changes", copy_then_fail)
+
+    with pytest.raises(SnapshotError, match="disk full"):
+        publisher.publish(connection_of(store))
+
+    assert read_manifest(folder) == before
+    assert not [name for name in files_on_disk(folder) if name.endswith(TEMP_SUFFIX)]
+    store.insert_many([make_record()])
+
+
+def test_open_deletes_leftover_files(store: FeedbackStore, folder: Path, clock: FakeClock) -> None:
+    publisher = open_publisher(folder, clock)
+    publisher.publish(connection_of(store))
+    publisher.close()
+    (folder / "feedback" / ".0123abcd.tmp").write_bytes(b"PAR1 partial")
+    (folder / "feedback" / "delta-000000000099.parquet").write_bytes(b"renamed before a crash")
+    (folder / ".manifest-0123.tmp").write_text("{", encoding="utf-8")
+
+    reopened = open_publisher(folder, clock)
+    reopened.close()
+
+    assert files_on_disk(folder) == {
+        "manifest.json",
+        ".publisher.lock",
+        "feedback/base-000000000001.parquet",
+        "outbox/base-000000000002.parquet",
+    }
+
+
+def test_manifest_never_lists_temp_files(store: FeedbackStore, publisher: SnapshotPublisher, folder: Path) -> None:
+    for _ in range(5):
+        store.insert_many([make_record()])
+        publisher.publish(connection_of(store))
+        publisher.compact()
+
+    manifest = read_manifest(folder)
+    listed = [f.path for table in snapshots.TABLES for f in manifest.files(table)]
+    assert all(path.endswith(".parquet") and not Path(path).name.startswith(".") for path in listed)
+    assert not [name for name in files_on_disk(folder) if name.endswith(TEMP_SUFFIX)]
+
+
+# -- compaction -----------------------------------------------------------------------------
+
+
+def test_compaction_keeps_newest_version(store: FeedbackStore, publisher: SnapshotPublisher, folder: Path) -> None:
+    waiting = [make_record(sentiment_label=None, sentiment_score=None, model_version=None) for _ in range(4)]
+    store.insert_many(waiting)
+    publisher.publish(connection_of(store))
+    store.record_enrichment_failure([record.id for record in waiting], error_text="model failed")
+    publisher.publish(connection_of(store))
+    store.complete_enrichment([(record.with_sentiment(sentiment("positive", 0.8)), []) for record in waiting[:2]], now=START)
+    publisher.publish(connection_of(store))
+
+    report = publisher.compact(force=True)
+
+    manifest = read_manifest(folder)
+    base = manifest.files("feedback")
+    assert report.files == (base[0].path,)
+    assert [f.kind for f in base] == ["base"]
+    rows = duckdb.execute(
+        "SELECT id, sentiment_label, enrichment_attempts FROM read_parquet(?) ORDER BY id", [str(folder / base[0].path)]
+    ).fetchall()
+    expected = sorted(
+        [(record.id, "positive", 2) for record in waiting[:2]] + [(record.id, None, 1) for record in waiting[2:]]
+    )
+    assert rows == expected
+
+
+def test_compaction_waits_for_threshold(store: FeedbackStore, publisher: SnapshotPublisher, folder: Path) -> None:
+    publisher.publish(connection_of(store))
+    for _ in range(2):
+        store.insert_many([make_record()])
+        publisher.publish(connection_of(store))
+
+    report = publisher.compact()
+
+    assert report.files == ()
+    assert read_manifest(folder).delta_count("feedback") == 2
+
+
+def test_compaction_bounds_file_count(store: FeedbackStore, folder: Path, clock: FakeClock) -> None:
+    publisher = open_publisher(folder, clock, snapshot_compaction_deltas=3, snapshot_grace_s=10)
+    most_listed = 0
+    for round_number in range(12):
+        record = make_record(rating=round_number % 5 + 1)
+        store.commit_submissions([(record, None, owed_notifications(record))], now=START, idempotency_window_s=60)
+        publisher.publish(connection_of(store))
+        publisher.compact()
+        clock.advance(4)
+        publisher.delete_expired_files()
+        manifest = read_manifest(folder)
+        most_listed = max(most_listed, *(len(manifest.files(table)) for table in snapshots.TABLES))
+    publisher.close()
+
+    assert most_listed <= 3
+    parquet_files = [name for name in files_on_disk(folder) if name.endswith(".parquet")]
+    # At most 3 listed files per table, plus the 4 that one compaction retired: the 10 s
+    # grace period is shorter than the 12 s between two compactions of a table.
+    assert len(parquet_files) <= 2 * 3 + 2 * 4
+    with analysis.connect(folder) as connection:
+        assert connection.execute("SELECT count(*), count(DISTINCT id) FROM feedback").fetchall() == [(12, 12)]
+
+
+def test_replaced_files_kept_for_grace_period(store: FeedbackStore, folder: Path, clock: FakeClock) -> None:
+    publisher = open_publisher(folder, clock, snapshot_compaction_deltas=1, snapshot_grace_s=600)
+    publisher.publish(connection_of(store))
+    store.insert_many([make_record()])
+    publisher.publish(connection_of(store))
+    manifest_seen_by_reader = read_manifest(folder)
+
+    report = publisher.compact()
+    clock.advance(599)
+    deleted_early = publisher.delete_expired_files()
+    still_there = all((folder / f.path).exists() for f in manifest_seen_by_reader.files("feedback"))
+    clock.advance(1)
+    deleted_late = publisher.delete_expired_files()
+    publisher.close()
+
+    assert deleted_early == 0
+    assert still_there
+    assert deleted_late == len(report.retired) == 2
+    assert not any((folder / path).exists() for path in report.retired)
+    assert read_manifest(folder).retired == ()
+    assert (folder / report.files[0]).exists()
+
+
+def test_compaction_thread_stops_and_restarts(store: FeedbackStore, folder: Path) -> None:
+    publisher = open_publisher(folder, snapshot_compaction_deltas=1)
+    publisher.start_compaction()
+    running = publisher.compaction_running
+
+    publisher.stop_compaction()
+    stopped = not publisher.compaction_running
+    publisher.start_compaction()
+    publisher.close()
+
+    assert running
+    assert stopped
+    assert not publisher.compaction_running
+
+
+def test_compact_works_after_thread_stopped(store: FeedbackStore, folder: Path) -> None:
+    publisher = open_publisher(folder, snapshot_compaction_deltas=50)
+    publisher.start_compaction()
+    publisher.stop_compaction()
+    publisher.publish(connection_of(store))
+    store.insert_many([make_record()])
+    publisher.publish(connection_of(store))
+
+    report = publisher.compact(force=True)
+    publisher.close()
+
+    assert len(report.files) == 1
+    assert len(report.retired) == 2
+
+
+def test_reader_during_compaction_never_fails(store: FeedbackStore, folder: Path) -> None:
+    """A writer thread publishes while the compaction thread merges and the test thread reads."""
+    publisher = open_publisher(folder, snapshot_compaction_deltas=2, snapshot_grace_s=600)
+    publisher.publish(connection_of(store))
+    rounds = 12
+    writer_errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            for round_number in range(rounds):
+                batch = [make_record(rating=round_number % 5 + 1) for _ in range(5)]
+                store.insert_many(batch)
+                store.record_enrichment_failure([batch[0].id], error_text="retry later")
+                publisher.publish(connection_of(store))
+        except BaseException as error:  # reported by the assert below
+            writer_errors.append(error)
+
+    writer = threading.Thread(target=write, name="test-writer")
+    publisher.start_compaction()
+    writer.start()
+
+    def work_left() -> bool:
+        return writer.is_alive() or not publisher.manifest.retired or len(counts) < 5
+
+    counts = []
+    deadline = time.monotonic() + READER_DEADLINE_S
+    with analysis.connect(folder) as connection:
+        # Reads go on until the writer is done and the compaction thread has merged at least once.
+        while work_left() and len(counts) < 500 and time.monotonic() < deadline:
+            # Each refresh reads the newest manifest, as a notebook cell that calls it would.
+            analysis.refresh(connection)
+            counts.append(connection.execute("SELECT count(*), count(DISTINCT id) FROM feedback").fetchall()[0])
+    writer.join(READER_DEADLINE_S)
+    publisher.stop_compaction()
+    manifest = publisher.manifest
+    publisher.close()
+
+    assert not writer_errors
+    assert len(counts) >= 5
+    assert all(total == distinct for total, distinct in counts)
+    assert [total for total, _ in counts] == sorted(total for total, _ in counts)
+    assert manifest.retired, "the compaction thread never ran, so the test proved nothing"
+    with analysis.connect(folder) as connection:
+        assert connection.execute("SELECT count(*) FROM feedback").fetchall() == [(rounds * 5,)]
+
+
+def test_publish_large_store_then_query(store: FeedbackStore, publisher: SnapshotPublisher, folder: Path) -> None:
+    records = fill_store(store, 200, days=3)
+
+    publisher.publish(connection_of(store))
+
+    with analysis.connect(folder) as connection:
+        assert connection.execute("SELECT count(*) FROM feedback").fetchall() == [(len(records),)]
+        statuses = dict(connection.execute("SELECT status, count(*) FROM notifications GROUP BY status").fetchall())
+    assert statuses["sent"] == 27
+    assert statuses["dead"] == 3
+    assert statuses["pending"] == len(records) + sum(1 for record in records if record.rating <= 2) - 30
