@@ -146,11 +146,19 @@ def read_mail(folder: Path) -> list[EmailMessage]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    items.sort(key=lambda item: item.get_closest_marker("after_shutdown") is not None)
+    # The chaos runs leave thousands of retries to the dead target behind, which delay the
+    # mail of any later test, so they run after the other tests and before the final checks.
+    items.sort(
+        key=lambda item: (
+            item.get_closest_marker("after_shutdown") is not None,
+            item.get_closest_marker("chaos") is not None,
+        )
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "after_shutdown: runs last, after the Serve application is shut down")
+    config.addinivalue_line("markers", "chaos: runs after the other integration tests, before the after_shutdown ones")
 
 
 @pytest.fixture(scope="session")

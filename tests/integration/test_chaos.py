@@ -33,7 +33,7 @@ from tests.integration.conftest import Stack, count_notifications
 # Failure lines end with the masked target URL, and in a JSON log line a quote follows it.
 DEAD_TARGET_HOST = "127.0.0.1:9\""
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
 SUBMISSIONS = int(os.environ.get("FEEDBACKBOT_CHAOS_SUBMISSIONS", "2000"))
 CONCURRENCY = 32
