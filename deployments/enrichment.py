@@ -50,16 +50,7 @@ class Enrichment:
         The texts are scored directly, sorted by length in chunks of max_batch_size, without
         waiting for other callers.
         """
-        await self._run_failure_drill(len(texts))
-        try:
-            scores = await asyncio.to_thread(
-                self._model.predict_positive, texts, batch_size=self._settings.max_batch_size
-            )
-        except (RuntimeError, ValueError) as error:
-            raise EnrichmentError(
-                f"Sentiment model {self._model.version} failed on a batch of {len(texts)} texts: {error}"
-            ) from error
-
+        scores = await self._predict(texts)
         band = {"neutral_low": self._settings.neutral_low, "neutral_high": self._settings.neutral_high}
         return [
             Sentiment(label=label_for_score(score, **band), score=score, model_version=self._model.version)
@@ -68,6 +59,10 @@ class Enrichment:
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
     async def _score_batch(self, texts: list[str]) -> list[float]:
+        return await self._predict(texts)
+
+    async def _predict(self, texts: list[str]) -> list[float]:
+        """Return P(positive) of each text; raises EnrichmentError when the model fails."""
         await self._run_failure_drill(len(texts))
         try:
             # The model runs in a worker thread so that the replica keeps accepting calls,

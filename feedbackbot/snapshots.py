@@ -36,9 +36,9 @@ Guarantees:
   survive a restart. When the publisher opens, it deletes files that no manifest lists:
   temporary files and files renamed into place just before a crash.
 - One publisher per folder: `open` takes an exclusive `flock` on `.publisher.lock`.
-- When the database file changes (another path), its sequence is behind the watermark (a
-  restored backup or a new file) or a listed file is missing, the next publish copies both
-  tables in full into new base files and retires all other files.
+- Some events make the next publish copy both tables in full into new base files and retire
+  all other files: the database path changed, its sequence is behind the watermark (a
+  restored backup or a new file), or a listed file is missing.
 
 Limits:
 

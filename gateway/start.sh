@@ -72,8 +72,8 @@ render_config() {
     mkdir -p "$run_dir/tmp"/{body,proxy,fastcgi,uwsgi,scgi}
     if [[ -n $user_line ]]; then
         chown -R nobody:nogroup "$run_dir/tmp"
-        # Bodies over 64 KiB (batches) are buffered there, so a folder that nobody cannot
-        # reach would fail every large request later.
+        # Bodies over 64 KiB (batches) are buffered there. If the user `nobody` cannot reach
+        # that folder, every large request would fail later.
         runuser -u nobody -- test -w "$run_dir/tmp/body" \
             || fail "nginx workers run as nobody and cannot write $run_dir/tmp/body; make each parent folder of $run_dir reachable (chmod o+x) or set FEEDBACKBOT_GATEWAY_DIR to another folder"
     fi

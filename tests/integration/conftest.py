@@ -166,8 +166,8 @@ def stack() -> Iterator[Stack]:
     # Not under pytest's tmp_path: pytest deletes old base folders when another pytest run
     # starts, which would take the mail folder and pid files from under a running stack.
     data_dir = Path(tempfile.mkdtemp(prefix="feedbackbot-integration-"))
-    # mkdtemp makes the folder private to root, but the gateway's workers run as nobody and
-    # must reach their temp folders inside it to buffer large bodies.
+    # mkdtemp makes the folder private to root, but the gateway's workers run as the user
+    # `nobody` and must reach their temp folders inside it to buffer large bodies.
     data_dir.chmod(0o755)
     keys = Keys(
         submit=new_api_key(),

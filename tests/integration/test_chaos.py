@@ -6,7 +6,7 @@ connection errors with the same key, as a real client would, until it gets a def
 response. Afterwards every acknowledged submission must be stored exactly once, carry a
 sentiment (late scoring included), and have produced the notifications it owes at the mail
 sink; the counts are printed. The `after_shutdown` tests in test_pipeline.py then compare
-the DuckDB file and the sink with what the clients were told.
+the DuckDB file and the sink with the responses the clients received.
 
 FEEDBACKBOT_CHAOS_SUBMISSIONS sets the load per test (default 2000). Each disruption starts
 once a twentieth of the load is acknowledged; below about 1000 the load can end before the

@@ -397,7 +397,7 @@ def test_compaction_waits_for_threshold(store: FeedbackStore, publisher: Snapsho
 
 def test_compaction_bounds_file_count(store: FeedbackStore, folder: Path, clock: FakeClock) -> None:
     publisher = open_publisher(folder, clock, snapshot_compaction_deltas=3, snapshot_grace_s=10)
-    most_listed = 0
+    max_listed = 0
     for round_number in range(12):
         record = make_record(rating=round_number % 5 + 1)
         store.commit_submissions([(record, None, owed_notifications(record))], now=START, idempotency_window_s=60)
@@ -406,10 +406,10 @@ def test_compaction_bounds_file_count(store: FeedbackStore, folder: Path, clock:
         clock.advance(4)
         publisher.delete_expired_files()
         manifest = read_manifest(folder)
-        most_listed = max(most_listed, *(len(manifest.files(table)) for table in snapshots.TABLES))
+        max_listed = max(max_listed, *(len(manifest.files(table)) for table in snapshots.TABLES))
     publisher.close()
 
-    assert most_listed <= 3
+    assert max_listed <= 3
     parquet_files = [name for name in files_on_disk(folder) if name.endswith(".parquet")]
     # At most 3 listed files per table, plus the 4 that one compaction retired: the 10 s
     # grace period is shorter than the 12 s between two compactions of a table.
