@@ -61,7 +61,6 @@ MAX_BODY_BYTES = 64 * 1024
 MAX_BATCH_BODY_BYTES = 4 * 1024 * 1024
 HEALTH_TIMEOUT_S = 5.0
 RETRY_AFTER_S = 5
-HANDOVER_TIMEOUT_S = 10.0
 JSON_TYPE = "application/json"
 FORM_TYPE = "application/x-www-form-urlencoded"
 
@@ -98,7 +97,6 @@ class Ingest:
         self._enrichment = enrichment
         self._persistence = persistence
         self._notification = notification
-        self._background: set[asyncio.Task[None]] = set()
 
     @api.post(
         "/v1/feedback",
@@ -183,7 +181,6 @@ class Ingest:
         logger.info(
             "Stored feedback %s (rating %d, sentiment %s)", record.id, record.rating, record.sentiment_label or "pending"
         )
-        self._wake_sender(record)
         return created_response(record)
 
     async def _score(self, accepted: AcceptedSubmission) -> Sentiment | None:
@@ -269,8 +266,6 @@ class Ingest:
         accepted = sum(1 for result in results if result.status in ("created", "replayed"))
         created = sum(1 for result in results if result.status == "created")
         logger.info("Stored %d of a batch of %d (%d accepted before)", created, len(results), accepted - created)
-        if created:
-            self._wake_sender()
         response = BatchCreated(accepted=accepted, rejected=len(results) - accepted, results=results)
         return JSONResponse(response.model_dump(mode="json"))
 
@@ -380,27 +375,6 @@ class Ingest:
                 fields=[FieldError(field="body", message=message)],
             )
 
-    def _wake_sender(self, record: FeedbackRecord | None = None) -> None:
-        """Ask a notification replica to look at the outbox now; its poll catches up otherwise."""
-        task = asyncio.get_running_loop().create_task(self._wake(record))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _wake(self, record: FeedbackRecord | None) -> None:
-        try:
-            await self._notification.wake.remote()
-        except (BackPressureError, ray.exceptions.RayError) as error:
-            # The outbox row is committed, so the sender's next poll sends it anyway.
-            about = f"feedback {record.id}" if record else "a requeue"
-            logger.warning("Failed to wake the outbox sender after %s: %s", about, error_summary(error))
-
-    async def __del__(self) -> None:
-        # Serve awaits this when it stops the replica; wake-up calls still in flight get a
-        # bounded time to finish.
-        if self._background:
-            logger.info("Waiting for %d outbox wake-up call(s) before stopping", len(self._background))
-            await asyncio.wait(self._background, timeout=HANDOVER_TIMEOUT_S)
-
     @api.get(
         "/v1/feedback/{feedback_id}",
         response_model=StoredFeedback,
@@ -452,7 +426,6 @@ class Ingest:
             return error_response(
                 request, 404, "not_found", f"No dead outbox entry {entry_id}; list them with GET /v1/admin/outbox?status=dead."
             )
-        self._wake_sender()
         return JSONResponse(entry.model_dump(mode="json"))
 
     @api.get("/healthz", summary="Health of every deployment")

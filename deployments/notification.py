@@ -28,6 +28,7 @@ from feedbackbot.errors import error_summary
 from feedbackbot.notify import CUSTOMER_TARGET, CircuitBreaker, admin_target_id, backoff_delay_s
 from feedbackbot.redact import mask_url
 from feedbackbot.settings import NotifySettings
+from feedbackbot.smtp_tls import reuse_smtp_tls_contexts
 from models.feedback import ClaimedNotification, DeliveryResult, FeedbackRecord
 
 logger = logging.getLogger("ray.serve")
@@ -101,40 +102,31 @@ class Notification:
         if customer_notify_url:
             self._urls[CUSTOMER_TARGET] = customer_notify_url
         self._breaker = CircuitBreaker(settings.notify_circuit_failures, settings.notify_circuit_open_s)
-        self._wake = asyncio.Event()
         self._stopping = False
         self.sent_count = 0
         self.failed_count = 0
+        reuse_smtp_tls_contexts()
 
         self._sender = asyncio.get_running_loop().create_task(self._send_forever())
         targets = {target: mask_url(url) for target, url in self._urls.items()}
         logger.info("Started the outbox sender; targets %s", targets or "none")
 
-    def wake(self) -> None:
-        """Look at the outbox now instead of at the next poll; ingest calls this after a commit."""
-        self._wake.set()
-
     async def _send_forever(self) -> None:
+        poll_s = self._settings.notify_poll_interval_s
         while not self._stopping:
             try:
-                # Entries of held-back targets stay in the outbox, so that an open circuit
-                # costs no claims.
+                # Persistence holds the call for up to poll_s until a commit adds entries.
+                # Entries of held-back targets stay in the outbox, so an open circuit costs no claims.
                 claimed: list[ClaimedNotification] = await self._persistence.claim_notifications.remote(
-                    CLAIM_BATCH_SIZE, self._settings.notify_lease_s, self._breaker.held_back()
+                    CLAIM_BATCH_SIZE, self._settings.notify_lease_s, self._breaker.held_back(), poll_s
                 )
             except ray.exceptions.RayError as error:
-                logger.error("Failed to claim notifications, retrying after the poll interval: %s", error_summary(error))
-                claimed = []
+                logger.error("Failed to claim notifications, retrying in %.1f s: %s", poll_s, error_summary(error))
+                await asyncio.sleep(poll_s)
+                continue
 
             if claimed:
                 await self._deliver_batch(claimed)
-                continue
-
-            self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), self._settings.notify_poll_interval_s)
-            except asyncio.TimeoutError:
-                pass  # No wake-up came, so the loop polls on its own schedule.
 
     async def _deliver_batch(self, claimed: list[ClaimedNotification]) -> None:
         results = await asyncio.gather(*(self._deliver(item) for item in claimed))
@@ -221,7 +213,6 @@ class Notification:
         # Serve awaits this when it stops the replica. The sender finishes the batch it holds,
         # so that no sent message is left unrecorded, within a bound.
         self._stopping = True
-        self._wake.set()
         try:
             await asyncio.wait_for(asyncio.shield(self._sender), SHUTDOWN_WAIT_S)
         except asyncio.TimeoutError:

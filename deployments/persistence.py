@@ -67,6 +67,9 @@ class Persistence:
         self._enrichment = enrichment
         self._retry = retry
         self._next_purge = 0.0
+        # Set whenever a commit adds or requeues outbox entries; wakes senders that wait in
+        # claim_notifications.
+        self._outbox_changed = asyncio.Event()
         # One thread runs every DuckDB call, since a DuckDB connection must not be used
         # from two threads at once.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="duckdb")
@@ -124,6 +127,8 @@ class Persistence:
         )
         created = sum(1 for outcome in outcomes if outcome.status == "created")
         logger.info("Committed %d feedback row(s) of a submitted batch of %d", created, len(items))
+        if created:
+            self._outbox_changed.set()
         return outcomes
 
     async def find_claims(self, claims: list[IdempotencyClaim]) -> list[StoreOutcome | None]:
@@ -151,6 +156,8 @@ class Persistence:
         )
         created = sum(1 for outcome in outcomes if outcome.status == "created")
         logger.info("Committed %d feedback row(s) of a batch of %d", created, len(items))
+        if created:
+            self._outbox_changed.set()
         await self._purge_when_due(now)
         return outcomes
 
@@ -230,6 +237,8 @@ class Persistence:
             updated = await self._run(lambda: self._store.complete_enrichment(scored, now=now))
             alerts = sum(len(owed) for _, owed in scored)
             logger.info("Scored %d feedback row(s) stored without sentiment; %d new admin alert(s)", updated, alerts)
+            if alerts:
+                self._outbox_changed.set()
         if failed:
             await self._run(lambda: self._store.record_enrichment_failure(failed, error_text=errors[0]))
             logger.warning("Failed to score %d feedback row(s) stored without sentiment: %s", len(failed), errors[0])
@@ -240,14 +249,28 @@ class Persistence:
         return await self._enrichment.analyze.remote(text)
 
     async def claim_notifications(
-        self, limit: int, lease_s: float, skip_targets: list[str] | None = None
+        self, limit: int, lease_s: float, skip_targets: list[str] | None = None, wait_s: float = 0.0
     ) -> list[ClaimedNotification]:
-        """Lease due outbox entries to the calling sender, except those for `skip_targets`."""
+        """Lease due outbox entries to the calling sender, except those for `skip_targets`.
+
+        When none is due, waits up to `wait_s` seconds for a commit that adds or requeues
+        entries and tries once more, so that senders need no wake-up call per submission.
+        """
+        self._outbox_changed.clear()
+        claimed = await self._claim(limit, lease_s, skip_targets or [])
+        if claimed or wait_s <= 0:
+            return claimed
+
+        try:
+            await asyncio.wait_for(self._outbox_changed.wait(), wait_s)
+        except asyncio.TimeoutError:
+            pass  # Nothing was committed meanwhile; entries whose retry time came are claimed now.
+        return await self._claim(limit, lease_s, skip_targets or [])
+
+    async def _claim(self, limit: int, lease_s: float, skip_targets: list[str]) -> list[ClaimedNotification]:
         now = datetime.now(timezone.utc)
         return await self._run(
-            lambda: self._store.claim_notifications(
-                now=now, limit=limit, lease_s=lease_s, skip_targets=skip_targets or []
-            )
+            lambda: self._store.claim_notifications(now=now, limit=limit, lease_s=lease_s, skip_targets=skip_targets)
         )
 
     async def finish_notifications(self, results: list[DeliveryResult]) -> None:
@@ -263,6 +286,7 @@ class Persistence:
         entry = await self._run(lambda: self._store.requeue_notification(entry_id, now=now))
         if entry is not None:
             logger.info("Requeued dead outbox entry %s for feedback %s", entry.id, entry.feedback_id)
+            self._outbox_changed.set()
         return entry
 
     async def get(self, feedback_id: UUID) -> FeedbackRecord | None:

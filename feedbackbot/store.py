@@ -204,6 +204,51 @@ class FeedbackStore:
                 "Nothing of this batch was stored; the client may retry."
             ) from error
 
+    def _claimed_many(self, keys: Sequence[str], cutoff: datetime) -> dict[str, tuple[str, FeedbackRecord]]:
+        """Return the body hash and original row of each key used after `cutoff`, by key."""
+        if not keys:
+            return {}
+        rows = self._connection.execute(
+            "SELECT k.idempotency_key, k.body_sha256, k.feedback_id, f.id IS NOT NULL, "
+            + ", ".join(f"f.{column}" for column in FEEDBACK_COLUMNS)
+            + " FROM idempotency_keys k LEFT JOIN feedback f ON f.id = k.feedback_id "
+            f"WHERE k.idempotency_key IN ({', '.join('?' for _ in keys)}) AND k.created_at > ?",
+            [*keys, cutoff],
+        ).fetchall()
+
+        claims = {}
+        for key, body_sha256, feedback_id, found, *columns in rows:
+            if not found:
+                raise StoreError(
+                    f"Idempotency-Key {key!r} points to feedback {feedback_id}, which is missing from {self.path}. "
+                    "Delete that row of idempotency_keys, or restore the feedback row from a backup."
+                )
+            claims[key] = (body_sha256, FeedbackRecord(**dict(zip(FEEDBACK_COLUMNS, columns))))
+        return claims
+
+    def _insert_keys(self, key_rows: Sequence[list[object]]) -> None:
+        """Insert Idempotency-Key rows, replacing expired rows of the same keys."""
+        if not key_rows:
+            return
+        keys = [row[0] for row in key_rows]
+        self._connection.execute(
+            f"DELETE FROM idempotency_keys WHERE idempotency_key IN ({', '.join('?' for _ in keys)})", keys
+        )
+        self._connection.execute(
+            "INSERT INTO idempotency_keys (idempotency_key, body_sha256, feedback_id, created_at) VALUES "
+            + ", ".join("(?, ?, ?, ?)" for _ in key_rows),
+            [value for row in key_rows for value in row],
+        )
+
+    def _insert_outbox_rows(self, owed_rows: Sequence[list[object]]) -> None:
+        if not owed_rows:
+            return
+        self._connection.execute(
+            "INSERT INTO outbox (id, feedback_id, kind, target, status, attempts, next_attempt_at, created_at) VALUES "
+            + ", ".join("(?, ?, ?, ?, 'pending', 0, ?, ?)" for _ in owed_rows),
+            [value for row in owed_rows for value in row],
+        )
+
     def _insert_rows(self, records: Sequence[FeedbackRecord]) -> None:
         if not records:
             return
@@ -233,42 +278,32 @@ class FeedbackStore:
         outcomes: list[StoreOutcome] = []
         fresh: list[FeedbackRecord] = []
         owed_rows: list[list[object]] = []
-        claimed_in_batch: dict[str, tuple[str, FeedbackRecord]] = {}
+        key_rows: list[list[object]] = []
 
+        # Each statement costs DuckDB far more than a row, so the batch is stored with a
+        # fixed number of statements: one lookup of all keys, then one insert per table.
         try:
             self._connection.execute("BEGIN TRANSACTION")
+            keys = list(dict.fromkeys(claim.scoped_key for _, claim, _ in items if claim is not None))
+            claims = self._claimed_many(keys, cutoff)
             for record, claim, owed in items:
-                if claim is None:
-                    fresh.append(record)
-                    owed_rows.extend(_outbox_row(record, notification, now) for notification in owed)
-                    outcomes.append(StoreOutcome(status="created", record=record))
-                    continue
+                if claim is not None:
+                    earlier = claims.get(claim.scoped_key)
+                    if earlier is not None:
+                        earlier_sha256, original = earlier
+                        status = "replayed" if earlier_sha256 == claim.body_sha256 else "conflict"
+                        outcomes.append(StoreOutcome(status=status, record=original if status == "replayed" else None))
+                        continue
+                    claims[claim.scoped_key] = (claim.body_sha256, record)
+                    key_rows.append([claim.scoped_key, claim.body_sha256, record.id, now])
 
-                earlier = claimed_in_batch.get(claim.scoped_key) or self._claimed(claim.scoped_key, cutoff)
-                if earlier is not None:
-                    earlier_sha256, original = earlier
-                    status = "replayed" if earlier_sha256 == claim.body_sha256 else "conflict"
-                    outcomes.append(StoreOutcome(status=status, record=original if status == "replayed" else None))
-                    continue
-
-                self._connection.execute("DELETE FROM idempotency_keys WHERE idempotency_key = ?", [claim.scoped_key])
-                self._connection.execute(
-                    "INSERT INTO idempotency_keys (idempotency_key, body_sha256, feedback_id, created_at) "
-                    "VALUES (?, ?, ?, ?)",
-                    [claim.scoped_key, claim.body_sha256, record.id, now],
-                )
-                claimed_in_batch[claim.scoped_key] = (claim.body_sha256, record)
                 fresh.append(record)
                 owed_rows.extend(_outbox_row(record, notification, now) for notification in owed)
                 outcomes.append(StoreOutcome(status="created", record=record))
 
+            self._insert_keys(key_rows)
             self._insert_rows(fresh)
-            if owed_rows:
-                self._connection.executemany(
-                    "INSERT INTO outbox (id, feedback_id, kind, target, status, attempts, next_attempt_at, "
-                    "created_at) VALUES (?, ?, ?, ?, 'pending', 0, ?, ?)",
-                    owed_rows,
-                )
+            self._insert_outbox_rows(owed_rows)
             self._connection.execute("COMMIT")
         except duckdb.Error as error:
             self._rollback_quietly()
@@ -324,12 +359,13 @@ class FeedbackStore:
                 f"ORDER BY attempts > 0, next_attempt_at LIMIT ?) RETURNING {columns}",
                 [now + timedelta(seconds=lease_s), now, list(skip_targets), limit],
             ).fetchall()
-            claimed = []
-            for row in rows:
-                entry = OutboxEntry(**dict(zip(OUTBOX_COLUMNS, row)))
-                record = self.get(entry.feedback_id)
-                if record is not None:
-                    claimed.append(ClaimedNotification(entry=entry, record=record))
+            entries = [OutboxEntry(**dict(zip(OUTBOX_COLUMNS, row))) for row in rows]
+            records = self._get_many([entry.feedback_id for entry in entries])
+            claimed = [
+                ClaimedNotification(entry=entry, record=records[entry.feedback_id])
+                for entry in entries
+                if entry.feedback_id in records
+            ]
             self._connection.execute("COMMIT")
         except duckdb.Error as error:
             self._rollback_quietly()
@@ -338,16 +374,20 @@ class FeedbackStore:
 
     def finish_notifications(self, results: Sequence[DeliveryResult], *, now: datetime) -> None:
         """Record what senders did with claimed entries, in one transaction."""
+        sent = [result.entry_id for result in results if result.outcome == "sent"]
         try:
             self._connection.execute("BEGIN TRANSACTION")
+            if sent:
+                # Most results are sends, so they share one statement.
+                self._connection.execute(
+                    "UPDATE outbox SET status = 'sent', attempts = attempts + 1, sent_at = ?, change_seq = nextval('change_seq'), "
+                    f"last_error = NULL WHERE id IN ({', '.join('?' for _ in sent)}) AND status = 'pending'",
+                    [now, *sent],
+                )
             for result in results:
                 if result.outcome == "sent":
-                    self._connection.execute(
-                        "UPDATE outbox SET status = 'sent', attempts = attempts + 1, sent_at = ?, change_seq = nextval('change_seq'), "
-                        "last_error = NULL WHERE id = ? AND status = 'pending'",
-                        [now, result.entry_id],
-                    )
-                elif result.outcome == "dead":
+                    continue
+                if result.outcome == "dead":
                     self._connection.execute(
                         "UPDATE outbox SET status = 'dead', attempts = attempts + 1, last_error = ?, change_seq = nextval('change_seq') "
                         "WHERE id = ? AND status = 'pending'",
@@ -496,6 +536,16 @@ class FeedbackStore:
         except duckdb.Error as error:
             # No open transaction is left to roll back when BEGIN itself failed.
             logger.warning("Rollback after a failed insert also failed: %s", error)
+
+    def _get_many(self, feedback_ids: Sequence[UUID]) -> dict[UUID, FeedbackRecord]:
+        if not feedback_ids:
+            return {}
+        unique = list(dict.fromkeys(feedback_ids))
+        rows = self._connection.execute(
+            f"SELECT {', '.join(FEEDBACK_COLUMNS)} FROM feedback WHERE id IN ({', '.join('?' for _ in unique)})", unique
+        ).fetchall()
+        records = [FeedbackRecord(**dict(zip(FEEDBACK_COLUMNS, row))) for row in rows]
+        return {record.id: record for record in records}
 
     def get(self, feedback_id: UUID) -> FeedbackRecord | None:
         """Return the stored feedback with this id, or None."""
