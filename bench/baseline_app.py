@@ -41,6 +41,7 @@ from fastapi.responses import JSONResponse
 from feedbackbot.errors import StoreError
 from feedbackbot.notify import CUSTOMER_TARGET, NotificationPolicy, admin_target_id, backoff_delay_s
 from feedbackbot.sentiment import SentimentModel, label_for_score
+from feedbackbot.smtp_tls import reuse_smtp_tls_contexts
 from feedbackbot.store import FeedbackStore
 from models.feedback import (
     ClaimedNotification,
@@ -74,6 +75,7 @@ class BaselineSettings:
     admin_notify_urls: tuple[str, ...]
     torch_threads: int = 1
     sentiment_batch_size: int = 16
+    model_batch_size: int = 8
     sentiment_batch_wait_s: float = 0.01
     commit_batch_size: int = 32
     commit_batch_wait_s: float = 0.005
@@ -184,6 +186,8 @@ class BaselinePipeline:
         self.sent_count = 0
 
     async def start(self) -> None:
+        # The service's Notification replica does the same, so both send mail at the same cost.
+        reuse_smtp_tls_contexts()
         threads = self._settings.torch_threads
         self._model = await self._in_model_thread(lambda: SentimentModel.load("builtin", num_threads=threads))
         self._store = await self._in_db_thread(lambda: FeedbackStore.open(self._settings.db_path))
@@ -264,7 +268,7 @@ class BaselinePipeline:
         )
 
     async def _score_batch(self, texts: list[str]) -> list[float]:
-        batch_size = self._settings.sentiment_batch_size
+        batch_size = self._settings.model_batch_size
         return await self._in_model_thread(lambda: self._model.predict_positive(texts, batch_size=batch_size))
 
     async def _commit_batch(
@@ -423,7 +427,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--customer-url", help="Apprise URL for customer confirmations. Without it, none are sent.")
     parser.add_argument("--admin-url", action="append", default=[], help="Apprise URL for admin alerts. Repeat the option for several.")
     parser.add_argument("--torch-threads", type=int, default=1, help="Torch intra-op threads (default: %(default)s).")
-    parser.add_argument("--sentiment-batch-size", type=int, default=16, help="Texts per model batch (default: %(default)s).")
+    parser.add_argument("--sentiment-batch-size", type=int, default=16, help="Texts collected into one model batch (default: %(default)s).")
+    parser.add_argument("--model-batch-size", type=int, default=8, help="Texts per forward pass, after sorting a batch by length (default: %(default)s).")
     parser.add_argument("--sentiment-batch-wait-s", type=float, default=0.01, help="Wait for a model batch to fill, in seconds.")
     parser.add_argument("--commit-batch-size", type=int, default=32, help="Rows per DuckDB commit (default: %(default)s).")
     parser.add_argument("--commit-batch-wait-s", type=float, default=0.005, help="Wait for a commit batch to fill, in seconds.")
@@ -439,6 +444,7 @@ def main(argv: list[str] | None = None) -> int:
         admin_notify_urls=tuple(args.admin_url),
         torch_threads=args.torch_threads,
         sentiment_batch_size=args.sentiment_batch_size,
+        model_batch_size=args.model_batch_size,
         sentiment_batch_wait_s=args.sentiment_batch_wait_s,
         commit_batch_size=args.commit_batch_size,
         commit_batch_wait_s=args.commit_batch_wait_s,

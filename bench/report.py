@@ -224,7 +224,13 @@ def _method(results: dict[str, Any]) -> list[str]:
         "- **Service**: `feedbackbot.service.Service` starts Ray, the Serve graph from `serve_config.yaml` (unchanged "
         "replicas, autoscaling and batching), the Nginx gateway and the mail sink, as the integration tests do, on "
         "ports 38080 (gateway), 38000 (Serve), 36379, 38265, 30001, 52466 and 32525 (mail). The gateway's per-key rate "
-        "limit is set to 100000 requests/s, so it never rejects a benchmark request. Every notification goes to the sink.",
+        "limit is set to 100000 requests/s, so it never rejects a benchmark request. Every notification goes to the sink. "
+        + (
+            "The Serve ingress is Ray's HAProxy with throughput-optimised mode (`--fast-ingress`, as "
+            "`FEEDBACKBOT_FAST_INGRESS=1` for `make run`)."
+            if options.get("fast_ingress")
+            else "The Serve ingress is Ray's default HTTP proxy."
+        ),
         "- **Load generator** (`bench/loadgen.py`): a closed loop of asyncio workers with httpx keep-alive connections, one "
         "per unit of concurrency; each worker sends its next request when the previous one is answered. Each request "
         "has a new `Idempotency-Key`; the bodies cycle through the 337 valid lines of the sample data set. Before each "

@@ -47,7 +47,17 @@ DEFAULT_REPORT = PROJECT_ROOT / "docs" / "benchmarks.md"
 ARTIFACTS_ROOT = PROJECT_ROOT / "build" / "bench"
 # Away from Ray's worker ports (10002-19999), the integration tests' and `make run`'s ports.
 SERVICE_PORTS = Ports(
-    gateway=38080, serve=38000, ray_gcs=36379, dashboard=38265, ray_client=30001, dashboard_agent=52466, mail=32525
+    gateway=38080,
+    serve=38000,
+    ray_gcs=36379,
+    dashboard=38265,
+    ray_client=30001,
+    dashboard_agent=52466,
+    mail=32525,
+    haproxy_stats=30650,
+    haproxy_metrics=30651,
+    direct_http_first=30200,
+    direct_grpc_first=30400,
 )
 OUTBOX_DRAIN_TIMEOUT_S = 120.0
 CEILING_TIMEOUT_S = 900
@@ -76,6 +86,7 @@ class Options:
     profile_processes: int
     output: Path
     artifacts: Path
+    fast_ingress: bool = False
     skip: set[str] = field(default_factory=set)
     command: str = ""
     render: Path | None = None
@@ -238,7 +249,7 @@ class BenchmarkRun:
     def measure_pipeline(self) -> None:
         options = self.options
         data_dir = Path(tempfile.mkdtemp(prefix="feedbackbot-benchrun-service-"))
-        stack = RayStack(data_dir, SERVICE_PORTS, progress=self.say)
+        stack = RayStack(data_dir, SERVICE_PORTS, progress=self.say, fast_ingress=self.options.fast_ingress)
         pipeline: dict[str, Any] = {"data_dir": str(data_dir)}
         self.results["pipeline"] = pipeline
 
@@ -553,6 +564,11 @@ def parse_options(argv: list[str] | None = None) -> Options:
         choices=["ceiling", "pipeline", "batch", "profile", "baseline"],
         help="Leave out a phase. Repeat the option to leave out several.",
     )
+    parser.add_argument(
+        "--fast-ingress",
+        action="store_true",
+        help="Run the service with Ray Serve's HAProxy ingress and throughput-optimised mode, as FEEDBACKBOT_FAST_INGRESS=1 does.",
+    )
     parser.add_argument("--output", type=Path, help="Report path (default: docs/benchmarks.md, or build/bench/quick.md with --quick).")
     parser.add_argument(
         "--render",
@@ -589,6 +605,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         output=Path(chosen("output")).resolve(),
         artifacts=ARTIFACTS_ROOT / stamp,
         skip=set(args.skip),
+        fast_ingress=args.fast_ingress,
         command=shlex.join(["python", "-m", "bench.run", *(argv if argv is not None else sys.argv[1:])]),
     )
 

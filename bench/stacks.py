@@ -83,7 +83,9 @@ def write_keys(data_dir: Path) -> str:
 class RayStack:
     """The service under test: Ray, the Serve graph, the Nginx gateway and a mail sink."""
 
-    def __init__(self, data_dir: Path, ports: Ports, progress: Callable[[str], None]) -> None:
+    def __init__(
+        self, data_dir: Path, ports: Ports, progress: Callable[[str], None], *, fast_ingress: bool = False
+    ) -> None:
         self.data_dir = data_dir
         self.api_key = write_keys(data_dir)
         customer_url, admin_urls = mail_urls(ports.mail)
@@ -97,6 +99,7 @@ class RayStack:
             app_args=app_args,
             rate_per_key_rps=UNLIMITED_RATE_RPS,
             rate_burst=UNLIMITED_BURST,
+            fast_ingress=fast_ingress,
         )
         self.service = Service(self.config, progress=progress)
         self._progress = progress
@@ -239,6 +242,7 @@ class BaselineStack:
             "--customer-url", customer_url,
             "--torch-threads", str(args.get("torch_threads", 1)),
             "--sentiment-batch-size", str(enrichment.get("max_batch_size", 16)),
+            "--model-batch-size", str(enrichment.get("model_batch_size", 8)),
             "--sentiment-batch-wait-s", str(enrichment.get("batch_wait_timeout_s", 0.01)),
             "--commit-batch-size", str(persistence.get("max_batch_size", 32)),
             "--commit-batch-wait-s", str(persistence.get("batch_wait_timeout_s", 0.005)),

@@ -30,7 +30,7 @@ class Enrichment:
         logger.info("Loaded sentiment model %s", self._model.version)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Apply batch size, batch wait and neutral band from user_config without a restart."""
+        """Apply batch sizes, batch wait and neutral band from user_config without a restart."""
         self._settings = load_settings(EnrichmentSettings, user_config)
         self._score_batch.set_max_batch_size(self._settings.max_batch_size)
         self._score_batch.set_batch_wait_timeout_s(self._settings.batch_wait_timeout_s)
@@ -47,8 +47,8 @@ class Enrichment:
     async def analyze_many(self, texts: list[str]) -> list[Sentiment]:
         """Return the sentiment of each text of a submitted batch, in order.
 
-        The texts are scored directly, sorted by length in chunks of max_batch_size, without
-        waiting for other callers.
+        The texts are scored directly, sorted by length in forward passes of model_batch_size,
+        without waiting for other callers.
         """
         scores = await self._predict(texts)
         band = {"neutral_low": self._settings.neutral_low, "neutral_high": self._settings.neutral_high}
@@ -68,7 +68,7 @@ class Enrichment:
             # The model runs in a worker thread so that the replica keeps accepting calls,
             # which then form the next batch.
             return await asyncio.to_thread(
-                self._model.predict_positive, texts, batch_size=self._settings.max_batch_size
+                self._model.predict_positive, texts, batch_size=self._settings.model_batch_size
             )
         except (RuntimeError, ValueError) as error:
             raise EnrichmentError(

@@ -44,7 +44,10 @@ class NotifySettings(BaseModel):
         default=600.0, gt=0, description="Maximum wait between two tries of one notification, in seconds."
     )
     notify_poll_interval_s: float = Field(
-        default=1.0, gt=0, le=60, description="How often an idle sender looks for due notifications, in seconds."
+        default=1.0,
+        gt=0,
+        le=60,
+        description="Longest wait of an idle sender's claim for new outbox entries, in seconds; a commit ends it sooner.",
     )
     notify_lease_s: float = Field(
         default=120.0,
@@ -187,6 +190,15 @@ class BatchSettings(BaseModel):
 
 class EnrichmentSettings(BatchSettings):
     """The enrichment deployment's `user_config`: batching plus the neutral band."""
+
+    model_batch_size: int = Field(
+        default=8,
+        ge=1,
+        le=1024,
+        description="Maximum number of texts in one forward pass of the model. A batch of calls is "
+        "sorted by text length and split into forward passes of this size, because one long text "
+        "pads every other text of its pass to its length.",
+    )
 
     neutral_low: float = Field(
         default=0.35, ge=0, le=1, description="Scores below this are labelled negative."
