@@ -7,7 +7,7 @@ PYTHON := $(VENV)/bin/python
 PIP := $(PYTHON) -m pip
 SYSTEM_PYTHON ?= python3
 
-.PHONY: run stop status deploy test bench install install-test install-bench nginx
+.PHONY: run stop status deploy test bench install install-test install-bench nginx browser
 
 run: install nginx
 	$(PYTHON) -m feedbackbot.service start
@@ -22,7 +22,7 @@ status:
 deploy:
 	$(PYTHON) -m feedbackbot.service deploy
 
-test: install-test nginx
+test: install-test nginx browser
 	$(PYTHON) -m pytest
 
 # About 15 minutes on 2 cores. BENCH_ARGS passes options, for example BENCH_ARGS=--quick for
@@ -52,8 +52,19 @@ $(VENV)/.installed-bench: $(VENV)/.installed
 	$(PIP) install --quiet -e '.[bench]'
 	touch $@
 
+# The gateway needs Nginx and its njs module, which hashes each request's API key.
+NJS_MODULE ?= /usr/lib/nginx/modules/ngx_http_js_module.so
+
 nginx:
-	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || { \
-		echo "Installing nginx with apt-get"; \
+	@{ command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx; } && test -f $(NJS_MODULE) || { \
+		echo "Installing nginx and libnginx-mod-http-js with apt-get"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nginx; }
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nginx libnginx-mod-http-js; }
+
+# tests/integration/test_browser.py drives Debian's Chromium through the chromium-driver of
+# the same version, both from apt-get.
+browser:
+	@{ test -x /usr/bin/chromium && test -x /usr/bin/chromedriver; } || { \
+		echo "Installing chromium and chromium-driver with apt-get"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver; }

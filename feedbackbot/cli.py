@@ -26,8 +26,8 @@ from uuid import UUID
 
 import httpx
 
-from feedbackbot import analysis, submit
-from feedbackbot.errors import SnapshotError, SnapshotNotFound, SnapshotQueryError
+from feedbackbot import analysis, keys, submit
+from feedbackbot.errors import KeyNotFound, KeyStoreError, SnapshotError, SnapshotNotFound, SnapshotQueryError
 
 EXIT_OK = 0
 # submit: some request failed (5xx after retries, timeout, connection error);
@@ -540,12 +540,192 @@ def _write_json(stream: TextIO, columns: list[str], rows: Iterable[tuple]) -> No
     stream.write("\n]\n")
 
 
+# -- keys ------------------------------------------------------------------------------------
+
+_KEYS_EPILOG = f"""\
+The key store (--keys-file, else ${keys.KEYS_FILE_ENV}, else ./{keys.DEFAULT_KEYS_FILE}) holds
+only the SHA-256 of each key. create and rotate print a new key once, on stdout; nothing
+can show it again. create, revoke, rotate and import also render the gateway's key map and
+reload the gateway that runs from --gateway-dir (else ${keys.GATEWAY_DIR_ENV}, else the folder
+gateway next to the store). They return once the gateway uses the new keys, without a
+restart and without dropping requests. If no gateway runs there, the change is saved and
+applies when it starts.
+
+Roles: submit posts feedback, analyst reads it (GET under /v1/feedback/), admin may call
+every route, /v1/admin/ included.
+
+Exit status:
+  0  done (also when no gateway runs)
+  1  the store cannot be read or written, or the gateway did not reload
+  2  usage error: bad arguments or an unknown key id
+"""
+
+
+def _label_argument(text: str) -> str:
+    try:
+        return keys.check_label(text)
+    except KeyStoreError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_keys_parser(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    store_options = argparse.ArgumentParser(add_help=False, parents=[common])
+    store_options.add_argument(
+        "--keys-file",
+        type=Path,
+        metavar="PATH",
+        help=f"the key store (default: ${keys.KEYS_FILE_ENV}, else {keys.DEFAULT_KEYS_FILE})",
+    )
+    store_options.add_argument(
+        "--gateway-dir",
+        type=Path,
+        metavar="DIR",
+        help=f"run folder of the gateway to reload (default: ${keys.GATEWAY_DIR_ENV}, else gateway next to the store)",
+    )
+
+    parser = subparsers.add_parser(
+        "keys",
+        help="create, list, revoke and rotate the gateway's API keys",
+        description="Manage the API keys of the gateway.",
+        epilog=_KEYS_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    actions = parser.add_subparsers(dest="keys_action", metavar="ACTION", required=True)
+
+    create = actions.add_parser("create", parents=[store_options], help="create a key and print it once")
+    create.add_argument("--role", required=True, choices=keys.ROLES, help="what the key may call")
+    create.add_argument(
+        "--label",
+        type=_label_argument,
+        default="",
+        metavar="TEXT",
+        help=f"note for `keys list`, such as the client's name, at most {keys.MAX_LABEL_CHARS} characters",
+    )
+
+    listing = actions.add_parser("list", parents=[store_options], help="list the keys, never the keys themselves")
+    listing.add_argument("--format", choices=("table", "json"), default="table", help="output format (default: table)")
+
+    revoke = actions.add_parser("revoke", parents=[store_options], help="revoke a key; it gets 401 from then on")
+    revoke.add_argument("key_id", metavar="KEY_ID", help="id from `keys list`, such as k-3f2a9c01b7de")
+
+    rotate = actions.add_parser(
+        "rotate", parents=[store_options], help="replace a key: revoke it and print a new one with its role and label"
+    )
+    rotate.add_argument("key_id", metavar="KEY_ID", help="id from `keys list`, such as k-3f2a9c01b7de")
+
+    import_plain = actions.add_parser(
+        "import",
+        parents=[store_options],
+        help="hash the keys of an old 'ROLE KEY' file into the store and delete that file",
+    )
+    import_plain.add_argument("plain_file", type=Path, metavar="FILE", help="the old file, such as data/api-keys.txt")
+
+    for action in (create, listing, revoke, rotate, import_plain):
+        action.set_defaults(handler=_run_keys)
+
+
+def _run_keys(args: argparse.Namespace) -> int:
+    keys_file = args.keys_file or keys.default_keys_file()
+    gateway_dir = args.gateway_dir or keys.default_gateway_dir(keys_file)
+    store = keys.KeyStore(keys_file, gateway_dir)
+    try:
+        if args.keys_action == "list":
+            return _list_keys(store, args.format)
+        changed = _change_keys(store, args)
+    except KeyNotFound as exc:
+        _print_error(args, str(exc))
+        return EXIT_USAGE
+    except KeyStoreError as exc:
+        _print_error(args, str(exc))
+        return EXIT_FAILED
+
+    if not changed:
+        return EXIT_OK
+    try:
+        pid = keys.reload_gateway(gateway_dir)
+    except KeyStoreError as exc:
+        _print_error(args, f"the change is saved in {keys_file}, but {exc}")
+        return EXIT_FAILED
+    if pid is None:
+        print(
+            f"No gateway runs from {gateway_dir} (no live pid in {gateway_dir / 'nginx.pid'}); "
+            "the change is saved and applies when the gateway starts.",
+            file=sys.stderr,
+        )
+    else:
+        print(f"Reloaded the gateway (pid {pid}); the change is in effect.", file=sys.stderr)
+    return EXIT_OK
+
+
+def _change_keys(store: keys.KeyStore, args: argparse.Namespace) -> bool:
+    """Apply create, revoke, rotate or import to the store. Returns False if nothing changed."""
+    if args.keys_action == "create":
+        record, key = store.create(args.role, args.label)
+        print(key)
+        print(
+            f"Created key {record.id} with role {record.role}. This is the only time the key is shown; "
+            "store it now.",
+            file=sys.stderr,
+        )
+        return True
+
+    if args.keys_action == "revoke":
+        record, changed = store.revoke(args.key_id)
+        if not changed:
+            print(f"Key {record.id} was already revoked at {record.revoked_at}.", file=sys.stderr)
+        else:
+            print(f"Revoked key {record.id} (role {record.role}).", file=sys.stderr)
+        return changed
+
+    if args.keys_action == "rotate":
+        old, new, key = store.rotate(args.key_id)
+        print(key)
+        print(
+            f"Revoked key {old.id} and created key {new.id} with role {new.role}. This is the only time "
+            "the new key is shown; store it now.",
+            file=sys.stderr,
+        )
+        return True
+
+    added = store.import_plain(args.plain_file)
+    print(
+        f"Imported {len(added)} keys from {args.plain_file} into {store.path} as hashes, "
+        f"and deleted {args.plain_file}.",
+        file=sys.stderr,
+    )
+    return True
+
+
+def _list_keys(store: keys.KeyStore, output_format: str) -> int:
+    if not store.exists():
+        print(
+            f"No key store at {store.path} yet; create a key with `feedbackbot keys create --role ROLE`.",
+            file=sys.stderr,
+        )
+    records = store.load()
+    if output_format == "json":
+        rows = [
+            {"id": r.id, "role": r.role, "label": r.label, "created_at": r.created_at, "revoked_at": r.revoked_at}
+            for r in records
+        ]
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+
+    header = ("ID", "ROLE", "CREATED", "REVOKED", "LABEL")
+    rows = [(r.id, r.role, r.created_at, r.revoked_at or "-", r.label) for r in records]
+    widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header) - 1)]
+    for row in [header, *rows]:
+        print("  ".join(value.ljust(width) for value, width in zip(row, widths)) + "  " + row[-1])
+    return EXIT_OK
+
+
 # -- dispatch -------------------------------------------------------------------------------
 
 _SUBCOMMAND_PARSERS: list[Callable[[argparse._SubParsersAction, argparse.ArgumentParser], None]] = [
     _add_submit_parser,
     _add_export_parser,
     _add_query_parser,
+    _add_keys_parser,
 ]
 
 

@@ -6,6 +6,8 @@
     ├── StoreError             DuckDB failed to open, write or read the feedback database
     │   └── StoreUnavailable   the writer cannot commit right now, so the client may retry
     ├── EnrichmentError        the sentiment model failed on a batch
+    ├── KeyStoreError          the API key store cannot be read, written or changed as requested
+    │   └── KeyNotFound        no key in the store has the requested key id
     └── SnapshotError          publishing, compacting or reading the Parquet snapshots failed
         ├── SnapshotNotFound   the snapshot folder has no published snapshot yet
         └── SnapshotQueryError a query against the snapshots is invalid (SQL, names, types)
@@ -50,6 +52,14 @@ class StoreUnavailable(StoreError):
 
 class EnrichmentError(FeedbackbotError):
     """The sentiment model failed to score a batch of texts."""
+
+
+class KeyStoreError(FeedbackbotError):
+    """The API key store cannot be read or written, or it rejects the requested change."""
+
+
+class KeyNotFound(KeyStoreError):
+    """No key in the store has the requested key id."""
 
 
 class SnapshotError(FeedbackbotError):

@@ -1,4 +1,4 @@
-"""The Nginx gateway in front of the real graph: keys, roles, body limit, rate limit, ids."""
+"""The Nginx gateway in front of the real graph: keys, roles, body limit, rate limits, CORS, ids."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import uuid
 import httpx
 import pytest
 
-from tests.integration.conftest import RATE_BURST, Stack
+from tests.integration.conftest import ANALYST_RATE_PER_ADDRESS_BURST, CORS_ORIGIN, RATE_BURST, Stack
 
 pytestmark = pytest.mark.integration
 
@@ -50,11 +50,20 @@ def test_admin_route_needs_key(stack: Stack) -> None:
     assert_error_shape(response, 401, "unauthorized")
 
 
-def test_submit_key_forbidden_on_admin_route(stack: Stack) -> None:
+def test_submit_key_forbidden_on_read_route(stack: Stack) -> None:
     with stack.client(stack.keys.submit) as client:
         response = client.get(f"/v1/feedback/{uuid.uuid4()}")
 
     assert_error_shape(response, 403, "forbidden")
+    assert "analyst role" in response.json()["error"]["message"]
+
+
+def test_analyst_key_forbidden_on_submit(stack: Stack) -> None:
+    with stack.client(stack.keys.analyst) as client:
+        response = client.post("/v1/feedback", json=VALID)
+
+    assert_error_shape(response, 403, "forbidden")
+    assert "submit or admin role" in response.json()["error"]["message"]
 
 
 def test_admin_key_may_submit(stack: Stack) -> None:
@@ -134,3 +143,81 @@ def test_rate_limit_per_key(stack: Stack) -> None:
     with stack.client(stack.keys.submit) as client:
         other_key = client.post("/v1/feedback", json={"rating": 0})
     assert other_key.status_code == 422
+
+
+def test_rate_limit_per_address(stack: Stack) -> None:
+    attempts = ANALYST_RATE_PER_ADDRESS_BURST * 3
+    path = f"/v1/feedback/{uuid.uuid4()}"
+
+    async def read_from(address: str, keys: list[str], count: int) -> list[httpx.Response]:
+        # Linux routes all of 127.0.0.0/8 to the loopback interface, so each address is a
+        # separate client address for Nginx.
+        transport = httpx.AsyncHTTPTransport(local_address=address)
+        async with httpx.AsyncClient(base_url=stack.url, timeout=60.0, transport=transport) as client:
+            requests = [client.get(path, headers={"X-API-Key": keys[i % len(keys)]}) for i in range(count)]
+            return await asyncio.gather(*requests)
+
+    # Two analyst keys from one address share its bucket, while each key stays far below
+    # its own limit of RATE_BURST.
+    crowded = asyncio.run(read_from("127.0.0.7", [stack.keys.analyst, stack.keys.analyst_other], attempts))
+    elsewhere = asyncio.run(read_from("127.0.0.8", [stack.keys.analyst], 1))
+
+    statuses = [response.status_code for response in crowded]
+    limited = [response for response in crowded if response.status_code == 429]
+    assert set(statuses) <= {404, 429}
+    assert limited, f"no 429 among {attempts} requests from one address"
+    assert statuses.count(404) <= ANALYST_RATE_PER_ADDRESS_BURST + 3
+    assert_error_shape(limited[0], 429, "rate_limited")
+    assert elsewhere[0].status_code == 404
+
+
+def test_cors_preflight_allowed_origin(stack: Stack) -> None:
+    headers = {"Origin": CORS_ORIGIN, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "x-api-key"}
+
+    with stack.client() as client:
+        response = client.options("/v1/feedback", headers=headers)
+
+    assert response.status_code == 204
+    assert response.headers["Access-Control-Allow-Origin"] == CORS_ORIGIN
+    assert response.headers["Access-Control-Allow-Methods"] == "POST"
+    assert "X-API-Key" in response.headers["Access-Control-Allow-Headers"]
+    assert "Origin" in response.headers["Vary"]
+
+
+def test_cors_preflight_other_origin(stack: Stack) -> None:
+    headers = {"Origin": "https://evil.example.com", "Access-Control-Request-Method": "POST"}
+
+    with stack.client() as client:
+        response = client.options("/v1/feedback", headers=headers)
+
+    assert "Access-Control-Allow-Origin" not in response.headers
+    assert "Access-Control-Allow-Methods" not in response.headers
+
+
+def test_cors_post_allowed_origin(stack: Stack) -> None:
+    with stack.client(stack.keys.submit) as client:
+        invalid = client.post("/v1/feedback", json={"rating": 0}, headers={"Origin": CORS_ORIGIN})
+    with stack.client() as client:
+        no_key = client.post("/v1/feedback", json=VALID, headers={"Origin": CORS_ORIGIN})
+
+    assert invalid.status_code == 422
+    assert invalid.headers["Access-Control-Allow-Origin"] == CORS_ORIGIN
+    assert "X-Request-ID" in invalid.headers["Access-Control-Expose-Headers"]
+    assert_error_shape(no_key, 401, "unauthorized")
+    assert no_key.headers["Access-Control-Allow-Origin"] == CORS_ORIGIN
+
+
+def test_cors_post_other_origin(stack: Stack) -> None:
+    with stack.client(stack.keys.submit) as client:
+        response = client.post("/v1/feedback", json={"rating": 0}, headers={"Origin": "https://evil.example.com"})
+
+    assert response.status_code == 422
+    assert "Access-Control-Allow-Origin" not in response.headers
+
+
+def test_cors_only_on_feedback_post_route(stack: Stack) -> None:
+    with stack.client(stack.keys.admin) as client:
+        response = client.get("/v1/admin/outbox", headers={"Origin": CORS_ORIGIN})
+
+    assert response.status_code == 200
+    assert "Access-Control-Allow-Origin" not in response.headers
