@@ -25,6 +25,7 @@ from bench.results import (
     MEMORY_TARGET_BYTES,
     P99_TARGET_MS,
     SINGLE_TARGET,
+    SNAPSHOT_DROP_TARGET,
     all_measurements,
     best_batch,
     best_ceiling,
@@ -91,6 +92,7 @@ def render(results: dict[str, Any]) -> str:
     lines += _single(results)
     lines += _batch(results)
     lines += _baseline(results)
+    lines += _snapshot_cost(results)
     lines += _memory(results)
     lines += _cpu(results)
     lines += _profiles(results)
@@ -178,6 +180,18 @@ def _targets(results: dict[str, Any]) -> list[str]:
     else:
         rows.append(["single submissions", f"≥ {SINGLE_TARGET:.0%} of the bare model, p99 < {P99_TARGET_MS:.0f} ms", "not measured", "–", "not measured"])
 
+    cost = snapshot_cost_rows(results)
+    if not cost:
+        rows.append(["ingest throughput lost to snapshot publishing", f"≤ {SNAPSHOT_DROP_TARGET:.0%}", "not measured", "–", "not measured"])
+    for pair in cost:
+        drop = pair["drop"]
+        if drop is None:
+            continue
+        verdict = "met" if drop <= SNAPSHOT_DROP_TARGET else f"missed by {(drop - SNAPSHOT_DROP_TARGET) * 100:.0f} percentage points"
+        rows.append([f"ingest throughput lost to snapshot publishing, {pair['setting']}", f"≤ {SNAPSHOT_DROP_TARGET:.0%}",
+                     f"{format_number(pair['with']['items_per_s'])} vs {format_number(pair['without']['items_per_s'])} items/s",
+                     f"{drop:.0%}", verdict])  # fmt: skip
+
     memory = (results.get("pipeline") or {}).get("memory_at_rest")
     for field, name in (("rss_bytes", "RSS"), ("pss_bytes", "PSS")):
         at_rest = sum_field(memory, field)
@@ -229,7 +243,7 @@ def _method(results: dict[str, Any]) -> list[str]:
             "The Serve ingress is Ray's HAProxy with throughput-optimised mode (`--fast-ingress`, as "
             "`FEEDBACKBOT_FAST_INGRESS=1` for `make run`)."
             if options.get("fast_ingress")
-            else "The Serve ingress is Ray's default HTTP proxy."
+            else "The Serve ingress is Ray Serve's own HTTP proxy, the default."
         ),
         "- **Load generator** (`bench/loadgen.py`): a closed loop of asyncio workers with httpx keep-alive connections, one "
         "per unit of concurrency; each worker sends its next request when the previous one is answered. Each request "
@@ -381,6 +395,60 @@ def _batch(results: dict[str, Any]) -> list[str]:
     body_bytes = {row["batch_size"]: row["max_body_bytes"] for row in batch["rows"]}
     sizes = ", ".join(f"{size} items: {size_bytes:,} bytes" for size, size_bytes in body_bytes.items())
     return lines + [f"Largest body sent per batch size: {sizes}.", ""]
+
+
+def snapshot_cost_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Pair each measurement of the run without publishing with the same setting of the main run."""
+    pipeline = results.get("pipeline") or {}
+    without = results.get("without_snapshots") or {}
+    pairs = []
+    single = without.get("single")
+    if single:
+        match = next((row for row in pipeline.get("single") or [] if row["concurrency"] == single["concurrency"]), None)
+        if match:
+            pairs.append({"setting": f"single submissions, concurrency {single['concurrency']}", "with": match, "without": single})
+    batch = without.get("batch")
+    if batch:
+        rows = ((pipeline.get("batch") or {}).get("rows")) or []
+        match = next(
+            (row for row in rows if row["batch_size"] == batch["batch_size"] and row["concurrency"] == batch["concurrency"]),
+            None,
+        )
+        if match:
+            setting = f"batches of {batch['batch_size']}, concurrency {batch['concurrency']}"
+            pairs.append({"setting": setting, "with": match, "without": batch})
+    for pair in pairs:
+        pair["drop"] = 1 - pair["with"]["items_per_s"] / pair["without"]["items_per_s"] if pair["without"]["items_per_s"] else None
+    return pairs
+
+
+def _snapshot_cost(results: dict[str, Any]) -> list[str]:
+    lines = ["## 5. Cost of publishing snapshots", ""]
+    without = results.get("without_snapshots")
+    if not without:
+        return lines + ["Not measured.", ""]
+
+    lines += [
+        "The same service started a second time with `snapshot_max_age_s` "
+        f"{without['snapshot_max_age_s']:g}, so persistence published snapshots only at its start and none during the "
+        "measurements, against the main run above, which published every 5 s (the default `snapshot_max_age_s` of 10). "
+        "Target: publishing lowers ingest throughput by at most 10%.",
+        "",
+    ]
+    rows = []
+    for pair in snapshot_cost_rows(results):
+        drop = pair["drop"]
+        verdict = "–" if drop is None else ("met" if drop <= SNAPSHOT_DROP_TARGET else "missed")
+        rows.append([
+            pair["setting"],
+            format_number(pair["with"]["items_per_s"]),
+            format_number(pair["without"]["items_per_s"]),
+            "–" if drop is None else f"{drop:.0%}",
+            f"{format_number(pair['with']['p99_ms'], 0)} / {format_number(pair['without']['p99_ms'], 0)}",
+            verdict,
+        ])  # fmt: skip
+    header = ["setting", "items/s publishing", "items/s not publishing", "drop", "p99 ms publishing / not", "result"]
+    return lines + markdown_table(header, rows)
 
 
 def _baseline(results: dict[str, Any]) -> list[str]:

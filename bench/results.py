@@ -9,6 +9,8 @@ BATCH_TARGET = 0.85
 SINGLE_TARGET = 0.70
 P99_TARGET_MS = 500.0
 MEMORY_TARGET_BYTES = 3 * 2**30
+# Largest share of ingest throughput that snapshot publishing may cost.
+SNAPSHOT_DROP_TARGET = 0.10
 ALLOWED_ERRORS = {"429", "503"}
 # Other processes using more than this many cores on average mark the machine as busy.
 BUSY_OTHER_CORES = 0.2

@@ -54,12 +54,15 @@ SERVICE_PORTS = Ports(
     ray_client=30001,
     dashboard_agent=52466,
     mail=32525,
+    metrics_export=31090,
     haproxy_stats=30650,
     haproxy_metrics=30651,
     direct_http_first=30200,
     direct_grpc_first=30400,
 )
 OUTBOX_DRAIN_TIMEOUT_S = 120.0
+# snapshot_max_age_s of the comparison run: persistence then publishes only at its start.
+NO_PUBLISH_MAX_AGE_S = 3600.0
 CEILING_TIMEOUT_S = 900
 # Errors that end one phase of the run. The report marks that phase as not measured.
 PHASE_ERRORS = (ServiceError, RuntimeError, OSError, ValueError, httpx.HTTPError, subprocess.SubprocessError, json.JSONDecodeError)
@@ -183,6 +186,8 @@ class BenchmarkRun:
             self._guard("ceiling", self.measure_ceiling)
         if "pipeline" not in options.skip:
             self._guard("pipeline", self.measure_pipeline)
+        if "snapshots" not in options.skip and "pipeline" not in options.skip:
+            self._guard("snapshots", self.measure_without_snapshots)
         if "baseline" not in options.skip:
             self._guard("baseline", self.measure_baseline)
 
@@ -277,6 +282,47 @@ class BenchmarkRun:
             pipeline["leftover_pids"] = leftovers
             self._report_leftovers("service", leftovers)
             stack.save_logs(self.options.artifacts / "service-logs")
+            shutil.rmtree(data_dir, ignore_errors=True)
+
+    def measure_without_snapshots(self) -> None:
+        """Measure the service again with snapshot publishing held off, for the cost of publishing.
+
+        `snapshot_max_age_s` of 3600 makes persistence publish at its start and then every
+        30 minutes, so no publish falls into the measurements.
+        """
+        options = self.options
+        data_dir = Path(tempfile.mkdtemp(prefix="feedbackbot-benchrun-nosnap-"))
+        stack = RayStack(
+            data_dir, SERVICE_PORTS, progress=self.say, fast_ingress=options.fast_ingress,
+            app_overrides={"snapshot_max_age_s": NO_PUBLISH_MAX_AGE_S},
+        )  # fmt: skip
+        without: dict[str, Any] = {"snapshot_max_age_s": NO_PUBLISH_MAX_AGE_S}
+        self.results["without_snapshots"] = without
+
+        try:
+            self.say(f"Without snapshots: starting the service with snapshot_max_age_s {NO_PUBLISH_MAX_AGE_S:g} in {data_dir}")
+            stack.start()
+            concurrency = max(options.concurrencies)
+            factory = single_requests(self.submissions, f"{self.run_id}-N{concurrency}")
+            summary, _ = self._measure(
+                stack.url, stack.api_key, stack.roots, factory, "single", concurrency, options.duration_s, "Without snapshots"
+            )
+            summary.update(self._drain_outbox(stack.url, "Without snapshots"))
+            without["single"] = summary
+
+            if "batch" not in options.skip:
+                batch_size, batch_concurrency = max(options.batch_sizes), max(options.batch_concurrencies)
+                factory = batch_requests(self.submissions, f"{self.run_id}-NB{batch_size}x{batch_concurrency}", batch_size)
+                summary, _ = self._measure(
+                    stack.url, stack.api_key, stack.roots, factory, "batch", batch_concurrency,
+                    options.batch_duration_s, "Without snapshots", batch_size=batch_size,
+                )  # fmt: skip
+                summary.update(self._drain_outbox(stack.url, "Without snapshots"))
+                without["batch"] = summary
+        finally:
+            self.say("Without snapshots: stopping the service")
+            leftovers = stack.stop()
+            self._report_leftovers("service without snapshots", leftovers)
             shutil.rmtree(data_dir, ignore_errors=True)
 
     def _measure_rest_memory(self, roots: Callable[[], list[int]], target: dict[str, Any], key: str) -> None:
@@ -561,7 +607,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         "--skip",
         action="append",
         default=[],
-        choices=["ceiling", "pipeline", "batch", "profile", "baseline"],
+        choices=["ceiling", "pipeline", "batch", "profile", "snapshots", "baseline"],
         help="Leave out a phase. Repeat the option to leave out several.",
     )
     parser.add_argument(

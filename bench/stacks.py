@@ -23,7 +23,8 @@ import yaml
 
 from bench.processes import process_tree
 from feedbackbot.errors import ServiceError
-from feedbackbot.service import Ports, Service, ServiceConfig, new_api_key
+from feedbackbot.keys import KeyStore
+from feedbackbot.service import Ports, Service, ServiceConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MAIL_FROM = "feedback@feedbackbot.localhost"
@@ -66,16 +67,17 @@ def mail_urls(mail_port: int) -> tuple[str, list[str]]:
 
 
 def write_keys(data_dir: Path) -> str:
-    """Write an API key file with one submit key, and the demo file that Service expects. Return the key.
+    """Create a key store with a submit and an admin key, and the demo file that Service expects. Return the submit key.
 
     The folder is made readable for everyone, because `tempfile.mkdtemp` makes it private
     to its owner, and the gateway's workers run as the user `nobody` and need their temp
     folders inside it.
     """
-    submit, admin = new_api_key(), new_api_key()
     data_dir.mkdir(parents=True, exist_ok=True)
     data_dir.chmod(0o755)
-    (data_dir / "api-keys.txt").write_text(f"submit {submit}\nadmin {admin}\n")
+    store = KeyStore(data_dir / "api-keys.json")
+    _, submit = store.create("submit", label="benchmark")
+    _, admin = store.create("admin", label="benchmark")
     (data_dir / "demo-keys.env").write_text(f"FEEDBACKBOT_SUBMIT_KEY={submit}\nFEEDBACKBOT_ADMIN_KEY={admin}\n")
     return submit
 
@@ -84,7 +86,13 @@ class RayStack:
     """The service under test: Ray, the Serve graph, the Nginx gateway and a mail sink."""
 
     def __init__(
-        self, data_dir: Path, ports: Ports, progress: Callable[[str], None], *, fast_ingress: bool = False
+        self,
+        data_dir: Path,
+        ports: Ports,
+        progress: Callable[[str], None],
+        *,
+        fast_ingress: bool = False,
+        app_overrides: dict[str, Any] | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.api_key = write_keys(data_dir)
@@ -93,6 +101,7 @@ class RayStack:
         if "snapshot_dir" in serve_settings()["args"]:
             # The default is a folder of the project, but the benchmark keeps its files in its own folder.
             app_args["snapshot_dir"] = str(data_dir / "snapshots")
+        app_args.update(app_overrides or {})
         self.config = ServiceConfig(
             data_dir=data_dir,
             ports=ports,
@@ -258,7 +267,7 @@ class BaselineStack:
         env = dict(os.environ)
         env.update(
             FEEDBACKBOT_GATEWAY_DIR=str(self.gateway_dir),
-            FEEDBACKBOT_KEYS_FILE=str(self.data_dir / "api-keys.txt"),
+            FEEDBACKBOT_KEYS_FILE=str(self.data_dir / "api-keys.json"),
             FEEDBACKBOT_GATEWAY_LISTEN=f"127.0.0.1:{self.ports.gateway}",
             FEEDBACKBOT_UPSTREAM=f"127.0.0.1:{self.ports.app}",
             FEEDBACKBOT_RATE_PER_KEY_RPS=str(UNLIMITED_RATE_RPS),
