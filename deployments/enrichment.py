@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from typing import Any
+from uuid import UUID
 
 from ray import serve
 
 from feedbackbot.errors import EnrichmentError
+from feedbackbot.metrics import EnrichmentMetrics
 from feedbackbot.sentiment import SentimentModel, label_for_score
 from feedbackbot.settings import EnrichmentSettings, load_settings
 from models.feedback import Sentiment
@@ -27,6 +29,7 @@ class Enrichment:
         logger.info("Loading sentiment model %s with %d torch thread(s)", model_path, torch_threads)
         self._model = SentimentModel.load(model_path, num_threads=torch_threads)
         self._settings = EnrichmentSettings()
+        self._metrics = EnrichmentMetrics()
         logger.info("Loaded sentiment model %s", self._model.version)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -36,12 +39,21 @@ class Enrichment:
         self._score_batch.set_batch_wait_timeout_s(self._settings.batch_wait_timeout_s)
         logger.info("Applied enrichment settings %s", self._settings.model_dump())
 
-    async def analyze(self, text: str) -> Sentiment:
-        """Return the sentiment of one text; concurrent calls share a model batch."""
+    async def analyze(self, text: str, feedback_id: UUID | None = None) -> Sentiment:
+        """Return the sentiment of one text; concurrent calls share a model batch.
+
+        `feedback_id` names the feedback in the log line. Ingest and the late scoring in
+        persistence pass it.
+        """
         score = await self._score_batch(text)
         label = label_for_score(
             score, neutral_low=self._settings.neutral_low, neutral_high=self._settings.neutral_high
         )
+        self._metrics.count_labels([label])
+        if feedback_id is not None:
+            logger.info(
+                "Scored feedback %s: %s (%.2f)", feedback_id, label, score, extra={"feedback_id": str(feedback_id)}
+            )
         return Sentiment(label=label, score=score, model_version=self._model.version)
 
     async def analyze_many(self, texts: list[str]) -> list[Sentiment]:
@@ -50,15 +62,19 @@ class Enrichment:
         The texts are scored directly, sorted by length in forward passes of model_batch_size,
         without waiting for other callers.
         """
+        self._metrics.observe_batch("submitted_batch", len(texts))
         scores = await self._predict(texts)
         band = {"neutral_low": self._settings.neutral_low, "neutral_high": self._settings.neutral_high}
-        return [
+        sentiments = [
             Sentiment(label=label_for_score(score, **band), score=score, model_version=self._model.version)
             for score in scores
         ]
+        self._metrics.count_labels(sentiment.label for sentiment in sentiments)
+        return sentiments
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
     async def _score_batch(self, texts: list[str]) -> list[float]:
+        self._metrics.observe_batch("serve_batch", len(texts))
         return await self._predict(texts)
 
     async def _predict(self, texts: list[str]) -> list[float]:
@@ -90,6 +106,13 @@ class Enrichment:
                 f"Failure drill '{self._settings.failure_drill}' failed a batch of {batch_size} texts; "
                 "set failure_drill to 'off' in the Enrichment user_config to end it."
             )
+
+    def ready(self) -> dict[str, object]:
+        """Return readiness for /readyz: ready once the model is loaded, also during a failure drill."""
+        model = getattr(self, "_model", None)
+        if model is None:
+            return {"ready": False, "reason": "the sentiment model is not loaded"}
+        return {"ready": True, "model_version": model.version}
 
     def health(self) -> dict[str, str]:
         status = "ok" if self._settings.failure_drill == "off" else "failing"

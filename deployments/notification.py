@@ -25,6 +25,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from feedbackbot.errors import error_summary
+from feedbackbot.metrics import NotificationMetrics
 from feedbackbot.notify import CUSTOMER_TARGET, CircuitBreaker, admin_target_id, backoff_delay_s
 from feedbackbot.redact import mask_url
 from feedbackbot.settings import NotifySettings
@@ -102,6 +103,7 @@ class Notification:
         if customer_notify_url:
             self._urls[CUSTOMER_TARGET] = customer_notify_url
         self._breaker = CircuitBreaker(settings.notify_circuit_failures, settings.notify_circuit_open_s)
+        self._metrics = NotificationMetrics(self._urls)
         self._stopping = False
         self.sent_count = 0
         self.failed_count = 0
@@ -139,11 +141,15 @@ class Notification:
     async def _deliver(self, item: ClaimedNotification) -> DeliveryResult:
         entry, record = item.entry, item.record
         now = datetime.now(timezone.utc)
+        # The sender runs outside any request, so the log lines carry the ids of the request
+        # that stored the feedback.
+        ids = {"feedback_id": str(entry.feedback_id), "request_id": record.request_id}
 
         url = self._urls.get(entry.target)
         if url is None:
             message = f"target {entry.target} is no longer configured"
-            logger.error("Outbox entry %s for feedback %s is dead: %s", entry.id, entry.feedback_id, message)
+            logger.error("Outbox entry %s for feedback %s is dead: %s", entry.id, entry.feedback_id, message, extra=ids)
+            self._metrics.count_failure(entry.target, "dead")
             return DeliveryResult(entry_id=entry.id, outcome="dead", error=message)
 
         wait_s = self._breaker.wait_s(entry.target)
@@ -159,7 +165,8 @@ class Notification:
         self._breaker.record(entry.target, error is None)
         if error is None:
             self.sent_count += 1
-            logger.info("Sent %s for feedback %s to %s", entry.kind, entry.feedback_id, entry.target)
+            self._metrics.count_sent(entry.target)
+            logger.info("Sent %s for feedback %s to %s", entry.kind, entry.feedback_id, entry.target, extra=ids)
             return DeliveryResult(entry_id=entry.id, outcome="sent")
 
         self.failed_count += 1
@@ -168,7 +175,9 @@ class Notification:
             logger.error(
                 "Failed to send %s for feedback %s to %s after %d tries, entry %s is dead: %s",
                 entry.kind, entry.feedback_id, entry.target, attempts, entry.id, error,
+                extra=ids,
             )  # fmt: skip
+            self._metrics.count_failure(entry.target, "dead")
             return DeliveryResult(entry_id=entry.id, outcome="dead", error=error)
 
         delay_s = backoff_delay_s(
@@ -177,7 +186,9 @@ class Notification:
         logger.warning(
             "Failed to send %s for feedback %s to %s (try %d), retrying in %.1f s: %s",
             entry.kind, entry.feedback_id, entry.target, attempts, delay_s, error,
+            extra=ids,
         )  # fmt: skip
+        self._metrics.count_failure(entry.target, "retry")
         return DeliveryResult(
             entry_id=entry.id, outcome="retry", error=error, next_attempt_at=now + timedelta(seconds=delay_s)
         )
@@ -199,6 +210,12 @@ class Notification:
             body=body, title=title, body_format=apprise.NotifyFormat.TEXT, timeout=self._settings.notify_timeout_s
         )
         return None if result else f"apprise status {result.status.name} from {mask_url(url)}"
+
+    async def ready(self) -> dict[str, object]:
+        """Return readiness for /readyz: ready while the outbox sender runs."""
+        if self._sender.done():
+            return {"ready": False, "reason": "the outbox sender has stopped"}
+        return {"ready": True}
 
     async def health(self) -> dict[str, object]:
         running = not self._sender.done()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from uuid import UUID
 
 from ray import serve
 
@@ -15,12 +16,18 @@ logger = logging.getLogger("ray.serve")
 class Validation:
     """Stateless pydantic validation; scaled out by Serve's autoscaler."""
 
-    def validate(self, payload: object, from_form: bool = False) -> ValidationResult:
-        """Validate one body; `from_form` allows a rating sent as a digit string."""
+    def validate(self, payload: object, from_form: bool = False, feedback_id: UUID | None = None) -> ValidationResult:
+        """Validate one body; `from_form` allows a rating sent as a digit string.
+
+        `feedback_id` is the id that ingest gives the feedback when it is valid; only the
+        log line uses it.
+        """
         result = validate_submission(payload, from_form=from_form)
         if result.errors:
             fields = ", ".join(error.field for error in result.errors)
             logger.info("Rejected a submission: invalid %s", fields)
+        elif feedback_id is not None:
+            logger.info("Validated the submission of feedback %s", feedback_id, extra={"feedback_id": str(feedback_id)})
         return result
 
     def validate_many(self, payloads: list[object]) -> list[ValidationResult]:
@@ -33,3 +40,7 @@ class Validation:
 
     def health(self) -> dict[str, str]:
         return {"status": "ok"}
+
+    def ready(self) -> dict[str, object]:
+        """Return readiness for /readyz: validation has no state, so any response means ready."""
+        return {"ready": True}

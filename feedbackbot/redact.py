@@ -5,6 +5,10 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 TEXT_PREVIEW_CHARS = 24
+# Apprise schemes whose host part names a server rather than holding a token.
+HOST_SCHEMES = frozenset(
+    {"mailto", "mailtos", "http", "https", "json", "jsons", "xml", "xmls", "form", "forms"}
+)
 
 
 def mask_email(address: str) -> str:
@@ -27,6 +31,20 @@ def mask_url(url: str) -> str:
     host = parts.hostname or "?"
     port = f":{parts.port}" if parts.port else ""
     return f"{parts.scheme}://{host}{port}"
+
+
+def mask_target_url(url: str) -> str:
+    """Return scheme and host of a notify URL, for metric labels.
+
+    Only for schemes whose host part is a server (mail, HTTP and apprise's JSON, XML and
+    form posts) is the host kept. Other apprise schemes put a token or a chat id where the
+    host goes, so for them only the scheme is kept.
+    """
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower() or "unknown"
+    if scheme not in HOST_SCHEMES or not parts.hostname:
+        return f"{scheme}://(hidden)"
+    return f"{scheme}://{parts.hostname}"
 
 
 def mask_key(key: str) -> str:
