@@ -40,6 +40,7 @@ def build_app(args: dict[str, Any]) -> Application:
         enrichment,
         settings.enrichment_retry(),
         settings.snapshots(),
+        settings.retention(),
     )
     return Ingest.bind(
         Validation.bind(),

@@ -116,7 +116,33 @@ class EnrichmentRetrySettings(BaseModel):
     )
 
 
-class AppSettings(NotifySettings, StageTimeouts, EnrichmentRetrySettings, SnapshotSettings):
+class RetentionSettings(BaseModel):
+    """How long persistence keeps feedback, and what it does with older rows."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    retention_days: int = Field(
+        default=0,
+        ge=0,
+        le=36_500,
+        description="Age in days, by received_at, after which persistence deletes or anonymises "
+        "feedback; 0 keeps feedback forever.",
+    )
+    retention_mode: Literal["delete", "anonymise"] = Field(
+        default="delete",
+        description="'delete' removes old feedback rows with their outbox entries; 'anonymise' "
+        "sets customer_name, customer_email and feedback_text to NULL and keeps rating, "
+        "sentiment and times.",
+    )
+    retention_interval_s: float = Field(
+        default=3600.0,
+        ge=1,
+        le=7 * 86_400,
+        description="How often persistence applies retention_days, in seconds; unused while retention_days is 0.",
+    )
+
+
+class AppSettings(NotifySettings, StageTimeouts, EnrichmentRetrySettings, SnapshotSettings, RetentionSettings):
     """Arguments of `graph:build_app`: where data lives, which model runs, where mail goes."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -169,6 +195,10 @@ class AppSettings(NotifySettings, StageTimeouts, EnrichmentRetrySettings, Snapsh
     def snapshots(self) -> SnapshotSettings:
         """Return the settings of the Parquet snapshots that persistence publishes."""
         return _part(self, SnapshotSettings)
+
+    def retention(self) -> RetentionSettings:
+        """Return the persistence deployment's retention settings."""
+        return _part(self, RetentionSettings)
 
     def resolved_db_path(self) -> Path:
         """Return db_path as an absolute path."""

@@ -37,8 +37,23 @@ Guarantees:
   temporary files and files renamed into place just before a crash.
 - One publisher per folder: `open` takes an exclusive `flock` on `.publisher.lock`.
 - Some events make the next publish copy both tables in full into new base files and retire
-  all other files: the database path changed, its sequence is behind the watermark (a
-  restored backup or a new file), or a listed file is missing.
+  all other files: the folder has no manifest yet, the database path changed, its sequence
+  is behind the watermark (a restored backup or a new file), or a listed file is missing.
+  When the two tables hold more than `INLINE_FULL_COPY_MAX_ROWS` rows together, `publish`
+  pins a read transaction on a cursor of the writer's connection, as a rewrite does (below),
+  and a thread of its own copies from it while the writer goes on committing. Until the new
+  manifest is written, readers see the manifest from before: none at all on the first
+  publish, the old database's files after a replacement. A marker file keeps the request
+  until the copy installs, so a restart repeats it.
+- Deltas wait for a full copy: while it runs, `publish` writes no file and leaves the
+  manifest alone. The full copy's manifest has the pin's change_seq as its watermark, so
+  the next publish copies the rows committed during the copy as its delta, each once.
+- Deleted rows leave no change_seq behind. After an erasure or a retention run, persistence
+  calls `request_rewrite`, and the next publish pins a read transaction on a cursor of the
+  writer's connection and hands it to a thread that copies both tables into new base files.
+  The writer goes on committing meanwhile. The new manifest lists the new bases plus the
+  deltas published since the pin, and retires every file listed at the pin, so a reader
+  that follows it sees no deleted row and no blanked value once the copy is done.
 
 Limits:
 
@@ -47,12 +62,17 @@ Limits:
   on the writer's thread between transactions rules that out.
 - A publish that finds changes scans both tables for change_seq above the watermark; DuckDB
   skips row groups whose change_seq range lies below it, so cost grows with recent changes.
-  A full copy also runs on the writer's thread and holds up commits until both tables are
-  copied.
+  A full copy of at most `INLINE_FULL_COPY_MAX_ROWS` rows also runs on the writer's thread,
+  so it holds up commits about as long as a delta of that size.
+- While a full copy runs in the background, readers see no new rows, for as long as it
+  takes: 33.6 s for 10 million feedback rows and 12.7 million outbox entries in
+  docs/snapshot-benchmark.md, when that copy still ran inline.
 - Compaction rewrites the whole base, and every replaced base stays for the grace period,
   so disk use can reach one base per compaction within `snapshot_grace_s`.
 - The snapshots hold the same personal data as the database (customer names, email
   addresses and texts), so give the folder the same permissions as the database file.
+  Files retired by a rewrite keep erased rows on disk for `snapshot_grace_s`, for readers
+  that still hold the older manifest.
 """
 
 from __future__ import annotations
@@ -86,6 +106,13 @@ from feedbackbot.snapshot_settings import SnapshotSettings
 logger = logging.getLogger(__name__)
 
 LOCK_NAME = ".publisher.lock"
+# Present from request_rewrite until a rewrite has installed its files, so that a request
+# survives a restart of the publisher.
+REWRITE_MARKER_NAME = ".rewrite-requested"
+# Present from the start of a background full copy until it has installed its files. A
+# restart must repeat the copy, because the database may by then have drawn change_seq
+# values above the old manifest's watermark, which hides the reason for the copy.
+FULL_COPY_MARKER_NAME = ".full-copy-requested"
 SPILL_DIR_NAME = ".spill"
 TEMP_PREFIX = "."
 TEMP_SUFFIX = ".tmp"
@@ -98,13 +125,24 @@ CHANGE_SEQUENCE = "change_seq"
 IDLE_CHECK_S = 60.0
 # Maximum wait before the compaction thread retries after a failure.
 COMPACTION_RETRY_MAX_S = 300.0
+# Maximum wait in `close` for a running rewrite; its marker file makes the next start repeat it.
+REWRITE_CLOSE_TIMEOUT_S = 60.0
+# Maximum rows of both tables together that `publish` copies in full on the writer's thread;
+# larger full copies run in the background. One 5 s publish interval of
+# bench/snapshot_scale.py gives a delta of about 16,400 rows, which took 31 to 44 ms in
+# docs/snapshot-benchmark.md, so an inline full copy holds up commits about as long.
+INLINE_FULL_COPY_MAX_ROWS = 20_000
 
 @dataclass(frozen=True)
 class PublishReport:
     """Result of one `publish` call.
 
     `rows` counts the rows copied per table, and `files` lists the new files relative to
-    the snapshot folder. `full_copy_reason` is set when both tables were copied in full.
+    the snapshot folder. `full_copy_reason` is set when both tables were copied in full,
+    and also when a full copy runs in the background or waits to start there: then
+    `full_copy_running` is true, `rows` and `files` are empty, and `watermark` is the
+    unchanged manifest's (0 without one). `wait_for_rewrite` waits for a running copy.
+    `duration_s` is the time the call held the writer's thread.
     """
 
     watermark: int
@@ -112,6 +150,27 @@ class PublishReport:
     files: tuple[str, ...]
     full_copy_reason: str | None
     duration_s: float
+    full_copy_running: bool = False
+
+
+@dataclass(frozen=True)
+class _FullCopy:
+    """A full copy of both tables that runs on its own thread from a pinned read transaction.
+
+    A rebuild (`rebuild` true) replaces a snapshot that is missing or that no longer matches
+    the database, and deltas wait until it is installed. A rewrite (`rebuild` false) drops
+    deleted rows from a matching snapshot while deltas go on. Its new bases replace the
+    files listed at the pin, `replaced`.
+    """
+
+    reason: str
+    rebuild: bool
+    latest: int
+    database: str
+    pinned_at: datetime
+    replaced: Mapping[str, tuple[SnapshotFile, ...]]
+    # The request_rewrite reason that a rebuild took over, given back when it fails.
+    rewrite_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -151,13 +210,17 @@ class SnapshotPublisher:
         manifest: Manifest | None,
         lock_file: IO[str],
         clock: Callable[[], float],
+        inline_full_copy_max_rows: int = INLINE_FULL_COPY_MAX_ROWS,
     ) -> None:
         self.folder = folder
         self._settings = settings
         self._manifest = manifest
         self._lock_file = lock_file
         self._clock = clock
+        self._inline_full_copy_max_rows = inline_full_copy_max_rows
         self._next_file_number = manifest.next_file_number if manifest else 1
+        # Set from the moment a full copy is found necessary until one has installed its
+        # files, even when the evidence for it disappears meanwhile. Guarded by _state_lock.
         self._full_copy_reason: str | None = None
 
         # _state_lock guards _manifest, _next_file_number and _compaction_connection; it is
@@ -170,11 +233,29 @@ class SnapshotPublisher:
         self._thread: threading.Thread | None = None
         self._closed = False
 
+        # A full rewrite drops deleted rows from the files (see request_rewrite). The reason
+        # and the error are guarded by _state_lock. _rewrite_requested stays set from the
+        # request, or from the need for a full copy, until a copy that started after it has
+        # installed its files. Compaction skips its merges meanwhile.
+        self._rewrite_reason: str | None = None
+        self._rewrite_error: str | None = None
+        self._rewrite_requested = threading.Event()
+        # The thread of the running rewrite or background full copy, and its job.
+        self._rewrite_thread: threading.Thread | None = None
+        self._running_copy: _FullCopy | None = None
+
     @classmethod
-    def open(cls, settings: SnapshotSettings, *, clock: Callable[[], float] = time.time) -> "SnapshotPublisher":
+    def open(
+        cls,
+        settings: SnapshotSettings,
+        *,
+        clock: Callable[[], float] = time.time,
+        inline_full_copy_max_rows: int = INLINE_FULL_COPY_MAX_ROWS,
+    ) -> "SnapshotPublisher":
         """Lock the snapshot folder, load its manifest and delete files that no manifest lists.
 
-        `clock` returns seconds since the epoch; tests pass a fake one. Raises SnapshotError
+        `clock` returns seconds since the epoch; tests pass a fake one. A full copy of more
+        rows than `inline_full_copy_max_rows` runs in the background. Raises SnapshotError
         when the folder cannot be created or locked, or its manifest is invalid.
         """
         folder = resolve_path(settings.snapshot_dir)
@@ -195,7 +276,13 @@ class SnapshotPublisher:
             _unlock_folder(lock_file)
             raise
 
-        publisher = cls(folder, settings, manifest, lock_file, clock)
+        publisher = cls(folder, settings, manifest, lock_file, clock, inline_full_copy_max_rows)
+        if (folder / REWRITE_MARKER_NAME).exists():
+            publisher._rewrite_reason = "a rewrite requested before the last stop had not finished"
+            publisher._rewrite_requested.set()
+        if (folder / FULL_COPY_MARKER_NAME).exists():
+            publisher._full_copy_reason = "a full copy started before the last stop had not finished"
+            publisher._rewrite_requested.set()
         try:
             publisher._check_listed_files()
             publisher._delete_unlisted_files()
@@ -233,23 +320,35 @@ class SnapshotPublisher:
 
         Call it with the writer's connection, on the thread that owns it, between
         transactions: it opens a read transaction of its own. The first publish, and one
-        after the database was replaced, copies both tables in full. Writes the manifest
-        even when nothing changed, so that `checked_at` shows readers how fresh the data
-        is. Raises SnapshotError; the manifest then stays as it was.
+        after the database was replaced, copies both tables in full: inline when they hold
+        at most `inline_full_copy_max_rows` rows, else on a background thread that it
+        starts. While that copy runs, publish copies nothing (see the module docstring).
+        Writes the manifest even when nothing changed, so that `checked_at` shows readers
+        how fresh the data is. Raises SnapshotError; the manifest then stays as it was.
         """
         started = time.monotonic()
         with self._state_lock:
             manifest = self._manifest
             forced_reason = self._full_copy_reason
+            running = self._running_copy
+
+        if running is not None and running.rebuild:
+            # Deltas wait for the full copy's manifest, whose watermark they start from.
+            return self._report_full_copy_running(running.reason, manifest, started)
 
         self._begin_read_transaction(connection)
-        latest, database, full_copy_reason, copies = self._copy_in_transaction(connection, manifest, forced_reason)
+        latest, database, full_copy_reason, copies = self._copy_in_transaction(
+            connection, manifest, forced_reason, copy_inline=running is None
+        )
 
         if latest is None:
             raise SnapshotError(
                 f"The database {database} has no {CHANGE_SEQUENCE} sequence, so no snapshot can be "
                 "published. Open it once with FeedbackStore, which migrates it to schema version 2."
             )
+        if copies is None:
+            self._start_full_copy(connection, full_copy_reason, database)
+            return self._report_full_copy_running(full_copy_reason, manifest, started)
 
         try:
             for temp, _ in copies.values():
@@ -270,6 +369,7 @@ class SnapshotPublisher:
             duration_s=time.monotonic() - started,
         )
         self._log_publish(report)
+        self._start_requested_rewrite(connection)
 
         with self._state_lock:
             manifest = self._manifest
@@ -293,13 +393,20 @@ class SnapshotPublisher:
             ) from error
 
     def _copy_in_transaction(
-        self, connection: duckdb.DuckDBPyConnection, manifest: Manifest | None, forced_reason: str | None
-    ) -> tuple[int | None, str, str | None, dict[str, tuple[Path, int]]]:
+        self,
+        connection: duckdb.DuckDBPyConnection,
+        manifest: Manifest | None,
+        forced_reason: str | None,
+        *,
+        copy_inline: bool,
+    ) -> tuple[int | None, str, str | None, dict[str, tuple[Path, int]] | None]:
         """Copy each table's changes to a temporary file, then end the read transaction.
 
         Returns the sequence's last value (None when the sequence is missing), the database
         path, the reason for a full copy or None, and the temporary file and row count per
-        table. Raises SnapshotError after removing the temporary files.
+        table. The copies are None when a full copy is due that must run in the background:
+        because the tables are too large for an inline copy, or because `copy_inline` is
+        false. Raises SnapshotError after removing the temporary files.
         """
         copies: dict[str, tuple[Path, int]] = {}
         full_copy_reason: str | None = None
@@ -308,6 +415,10 @@ class SnapshotPublisher:
             database = _database_path(connection)
             if latest is not None:
                 full_copy_reason = forced_reason or _reason_for_full_copy(manifest, latest, database)
+                if full_copy_reason and not (copy_inline and self._fits_inline(connection)):
+                    connection.execute("COMMIT")
+                    return latest, database, full_copy_reason, None
+
                 after = 0 if full_copy_reason else manifest.watermark
                 if full_copy_reason or latest > after:
                     for table in TABLES:
@@ -324,6 +435,29 @@ class SnapshotPublisher:
                 "The snapshot stays as it was, and the next publish tries again."
             ) from error
         return latest, database, full_copy_reason, copies
+
+    def _fits_inline(self, connection: duckdb.DuckDBPyConnection) -> bool:
+        """Return whether both tables together hold at most `inline_full_copy_max_rows` rows.
+
+        DuckDB's estimated_size comes from the table's metadata, so the check reads no rows.
+        """
+        rows = connection.execute(
+            "SELECT coalesce(sum(estimated_size), 0) FROM duckdb_tables() "
+            "WHERE database_name = current_database() AND table_name IN (?, ?)",
+            list(TABLES),
+        ).fetchall()
+        return rows[0][0] <= self._inline_full_copy_max_rows
+
+    def _report_full_copy_running(self, reason: str, manifest: Manifest | None, started: float) -> PublishReport:
+        logger.debug("Published nothing because a full snapshot copy runs in the background (%s)", reason)
+        return PublishReport(
+            watermark=manifest.watermark if manifest else 0,
+            rows={},
+            files=(),
+            full_copy_reason=reason,
+            duration_s=time.monotonic() - started,
+            full_copy_running=True,
+        )
 
     def _install_copies(
         self, copies: Mapping[str, tuple[Path, int]], latest: int, database: str, full_copy_reason: str | None
@@ -362,9 +496,20 @@ class SnapshotPublisher:
             )
             self._write_manifest(updated)
             self._manifest = updated
-            self._full_copy_reason = None
+            if full_copy_reason:
+                self._full_copy_reason = None
+                self._clear_satisfied_requests()
 
         return tuple(written)
+
+    def _clear_satisfied_requests(self) -> None:
+        """Delete the marker of each request that no longer waits for a copy; call with _state_lock held."""
+        if self._rewrite_reason is None:
+            (self.folder / REWRITE_MARKER_NAME).unlink(missing_ok=True)
+        if self._full_copy_reason is None:
+            (self.folder / FULL_COPY_MARKER_NAME).unlink(missing_ok=True)
+        if self._rewrite_reason is None and self._full_copy_reason is None:
+            self._rewrite_requested.clear()
 
     def _log_publish(self, report: PublishReport) -> None:
         if report.full_copy_reason:
@@ -383,6 +528,274 @@ class SnapshotPublisher:
                 report.duration_s,
             )
 
+    # -- rewrite ------------------------------------------------------------------------------
+
+    def request_rewrite(self, reason: str) -> None:
+        """Ask for a full rewrite of both tables, to drop rows deleted or blanked in the database.
+
+        Call it after committing a DELETE or an UPDATE that removes data (an erasure, a
+        retention run). Deltas cannot carry a deletion, and an older file still contains the
+        blanked values, so the rewrite copies both tables anew and retires every file the
+        manifest listed before. The next `publish` starts it, and it interrupts a running
+        compaction, whose result the rewrite would retire anyway.
+        """
+        with self._state_lock:
+            self._rewrite_reason = reason
+            self._rewrite_requested.set()
+            try:
+                marker = self.folder / REWRITE_MARKER_NAME
+                marker.write_text(reason + "\n", encoding="utf-8")
+                _fsync_file(marker)
+            except OSError as error:
+                # The request in memory still works; only a restart before the rewrite loses it.
+                logger.warning("Failed to record the snapshot rewrite request in %s: %s", self.folder, error)
+            if self._compaction_connection is not None:
+                try:
+                    self._compaction_connection.interrupt()
+                except duckdb.Error as error:
+                    logger.warning("Failed to interrupt the running snapshot compaction: %s", error)
+        logger.info("Requested a full snapshot rewrite of %s: %s", self.folder, reason)
+
+    @property
+    def rewrite_pending(self) -> bool:
+        """Whether a requested rewrite or a needed full copy has not yet installed its files."""
+        return self._rewrite_requested.is_set()
+
+    @property
+    def rewrite_error(self) -> str | None:
+        """The error of the last failed rewrite or background full copy, or None after one succeeded."""
+        with self._state_lock:
+            return self._rewrite_error
+
+    def _start_requested_rewrite(self, connection: duckdb.DuckDBPyConnection) -> None:
+        """Pin a read transaction for a requested rewrite and copy from it on a thread of its own.
+
+        Runs on the writer's thread between transactions, so the pinned transaction sees
+        every committed row and no change_seq drawn by an uncommitted one. The copy then
+        runs beside the writer, which goes on committing. The rewrite holds the compaction
+        lock until it has installed its files, so no merge of the old files can be listed
+        after it.
+        """
+        with self._state_lock:
+            # A pending full copy replaces every file too, so it serves the request.
+            if (
+                self._rewrite_reason is None
+                or self._full_copy_reason is not None
+                or self._manifest is None
+                or self._running_copy is not None
+                or self._closed
+            ):
+                return
+        if not self._compaction_lock.acquire(blocking=False):
+            # request_rewrite interrupted the merge; the next publish starts the rewrite.
+            return
+
+        with self._state_lock:
+            reason, self._rewrite_reason = self._rewrite_reason, None
+            manifest = self._manifest
+        pinned_at = self._now()
+        try:
+            cursor, latest = _pin_read_transaction(connection)
+        except duckdb.Error as error:
+            self._compaction_lock.release()
+            with self._state_lock:
+                self._rewrite_reason = self._rewrite_reason or reason
+                self._rewrite_error = f"Failed to start the snapshot rewrite: {error}"
+            logger.error("Failed to start the snapshot rewrite (%s); the next publish tries again: %s", reason, error)
+            return
+
+        job = _FullCopy(
+            reason=reason,
+            rebuild=False,
+            latest=latest,
+            database=manifest.database,
+            pinned_at=pinned_at,
+            replaced={table: manifest.files(table) for table in TABLES},
+        )
+        self._copy_in_background(cursor, job)
+
+    def _start_full_copy(self, connection: duckdb.DuckDBPyConnection, reason: str, database: str) -> None:
+        """Pin a read transaction and copy both tables in full from it on a thread of its own.
+
+        Runs on the writer's thread between transactions, as `_start_requested_rewrite`
+        does. The need for the copy is kept in memory and in a marker file until the copy
+        installs, so a copy that cannot start yet, fails or is cut short by a stop runs
+        again. Raises SnapshotError when the read transaction cannot be pinned.
+        """
+        with self._state_lock:
+            self._full_copy_reason = reason
+            # Also stops compaction from merging files that the copy retires.
+            self._rewrite_requested.set()
+            running = self._running_copy
+            self._write_full_copy_marker(reason)
+        if running is not None or self._closed:
+            # The running rewrite installs first, and the next publish starts the copy.
+            return
+        if not self._compaction_lock.acquire(blocking=False):
+            self._interrupt_compaction()
+            return
+
+        with self._state_lock:
+            # The copy pins after the request, so it drops the rows the request is about.
+            rewrite_reason, self._rewrite_reason = self._rewrite_reason, None
+            self._full_copy_reason = None
+        pinned_at = self._now()
+        try:
+            cursor, latest = _pin_read_transaction(connection)
+        except duckdb.Error as error:
+            self._compaction_lock.release()
+            with self._state_lock:
+                self._full_copy_reason = self._full_copy_reason or reason
+                self._rewrite_reason = self._rewrite_reason or rewrite_reason
+            raise SnapshotError(
+                f"Failed to start the full snapshot copy ({reason}) in {self.folder}: {error}. "
+                "The next publish tries again."
+            ) from error
+
+        job = _FullCopy(
+            reason=reason,
+            rebuild=True,
+            latest=latest,
+            database=database,
+            pinned_at=pinned_at,
+            replaced={},
+            rewrite_reason=rewrite_reason,
+        )
+        logger.info("Started a full snapshot copy in the background (%s) at change_seq %d", reason, latest)
+        self._copy_in_background(cursor, job)
+
+    def _write_full_copy_marker(self, reason: str) -> None:
+        """Record a needed full copy on disk once; call with _state_lock held."""
+        marker = self.folder / FULL_COPY_MARKER_NAME
+        if marker.exists():
+            return
+        try:
+            marker.write_text(reason + "\n", encoding="utf-8")
+            _fsync_file(marker)
+        except OSError as error:
+            # The need in memory still works; only a restart before the copy loses it.
+            logger.warning("Failed to record the needed full snapshot copy in %s: %s", self.folder, error)
+
+    def _interrupt_compaction(self) -> None:
+        """Stop a running merge, whose inputs a full copy retires. The next publish starts the copy."""
+        with self._state_lock:
+            if self._compaction_connection is None:
+                return
+            try:
+                self._compaction_connection.interrupt()
+            except duckdb.Error as error:
+                logger.warning("Failed to interrupt the running snapshot compaction: %s", error)
+
+    def _copy_in_background(self, cursor: duckdb.DuckDBPyConnection, job: _FullCopy) -> None:
+        name = "snapshot-full-copy" if job.rebuild else "snapshot-rewrite"
+        thread = threading.Thread(target=self._rewrite, args=(cursor, job), name=name, daemon=True)
+        with self._state_lock:
+            self._rewrite_thread = thread
+            self._running_copy = job
+        thread.start()
+
+    def _rewrite(self, cursor: duckdb.DuckDBPyConnection, job: _FullCopy) -> None:
+        """Copy both tables from the pinned transaction into new base files and install them."""
+        started = time.monotonic()
+        copies: dict[str, tuple[Path, int]] = {}
+        try:
+            for table in TABLES:
+                temp = self._temp_path(table)
+                # Recorded before the copy, so that a failed copy's partial file is removed.
+                copies[table] = (temp, 0)
+                copies[table] = (temp, _copy_changes(cursor, table, 0, job.latest, temp))
+            cursor.execute("COMMIT")
+            for temp, _ in copies.values():
+                _fsync_file(temp)
+            files = self._install_full_copy(copies, job)
+        except (duckdb.Error, OSError) as error:
+            _remove_quietly(temp for temp, _ in copies.values())
+            with self._state_lock:
+                if job.rebuild:
+                    self._full_copy_reason = self._full_copy_reason or job.reason
+                    self._rewrite_reason = self._rewrite_reason or job.rewrite_reason
+                else:
+                    self._rewrite_reason = self._rewrite_reason or job.reason
+                self._rewrite_error = f"Failed to copy the snapshot in full in {self.folder}: {error}"
+            logger.error("Failed to copy the snapshot in full (%s); the next publish tries again: %s", job.reason, error)
+            return
+        finally:
+            cursor.close()
+            with self._state_lock:
+                self._running_copy = None
+            self._compaction_lock.release()
+
+        logger.info(
+            "Copied the snapshot in full (%s) at change_seq %d: %s rows in %s, %.2f s",
+            job.reason,
+            job.latest,
+            {table: rows for table, (_, rows) in copies.items()},
+            ", ".join(files),
+            time.monotonic() - started,
+        )
+        # Compaction skipped its merges while the copy was pending.
+        self._wake.set()
+
+    def _install_full_copy(self, copies: Mapping[str, tuple[Path, int]], job: _FullCopy) -> list[str]:
+        """List the new base files in place of the files they replace; raises OSError.
+
+        A rewrite replaces the files listed at the pin. Files that publishes added after
+        the pin stay listed: they were copied from the database after the deletion, and
+        for a row they share with the new base their higher change_seq wins. A rebuild
+        replaces every listed file, because no delta was published since its pin, and its
+        manifest takes the database, watermark and time of the pin.
+        """
+        now = self._now()
+        with self._state_lock:
+            manifest = self._manifest
+            tables = {}
+            retired = list(manifest.retired) if manifest else []
+            written = []
+            for table in TABLES:
+                temp, rows = copies[table]
+                relative = self._allocate_path(table, "base")
+                os.replace(temp, self.folder / relative)
+                written.append(relative)
+                current = manifest.files(table) if manifest else ()
+                old = set(current) if job.rebuild else set(job.replaced[table])
+                tables[table] = (SnapshotFile(relative, "base", rows, job.latest),) + tuple(
+                    f for f in current if f not in old
+                )
+                retired.extend(RetiredFile(f.path, now) for f in current if f in old)
+
+            if job.rebuild:
+                updated = Manifest(
+                    generation=manifest.generation + 1 if manifest else 1,
+                    database=job.database,
+                    watermark=job.latest,
+                    checked_at=job.pinned_at,
+                    next_file_number=self._next_file_number,
+                    tables=tables,
+                    retired=tuple(retired),
+                )
+            else:
+                updated = replace(
+                    manifest,
+                    generation=manifest.generation + 1,
+                    next_file_number=self._next_file_number,
+                    tables=tables,
+                    retired=tuple(retired),
+                )
+            self._write_manifest(updated)
+            self._manifest = updated
+            self._rewrite_error = None
+            self._clear_satisfied_requests()
+        return written
+
+    def wait_for_rewrite(self, timeout_s: float = 60.0) -> bool:
+        """Wait up to `timeout_s` for a running rewrite or background full copy; return False when it still runs."""
+        with self._state_lock:
+            thread = self._rewrite_thread
+        if thread is None or not thread.is_alive():
+            return True
+        thread.join(timeout_s)
+        return not thread.is_alive()
+
     # -- compaction ---------------------------------------------------------------------------
 
     def compact(self, *, force: bool = False) -> CompactionReport:
@@ -393,6 +806,10 @@ class SnapshotPublisher:
         so `publish` can run meanwhile. The replaced files stay listed as retired for the
         grace period. Raises SnapshotError; the manifest then stays as it was.
         """
+        if self._rewrite_requested.is_set() and not force:
+            # The rewrite replaces every file anyway; merging them first is wasted work.
+            return CompactionReport(files=(), retired=(), rows={}, duration_s=0.0)
+
         with self._compaction_lock:
             started = time.monotonic()
             plans = self._plan_compaction(force)
@@ -449,7 +866,8 @@ class SnapshotPublisher:
         temp: Path | None = None
         try:
             for plan in plans:
-                if self._stop.is_set():
+                # A requested rewrite would retire this merge's output at once.
+                if self._stop.is_set() or self._rewrite_requested.is_set():
                     break
                 temp = self._temp_path(plan.table)
                 rows = self._merge(connection, plan, temp)
@@ -460,6 +878,10 @@ class SnapshotPublisher:
         except (duckdb.Error, OSError) as error:
             _remove_quietly([temp] if temp else [])
             _remove_quietly(self.folder / plan.output for plan, _ in merged)
+            if self._rewrite_requested.is_set():
+                # request_rewrite interrupted the merge on purpose.
+                logger.info("Stopped compacting %s because a full rewrite of the snapshot was requested", self.folder)
+                return []
             raise SnapshotError(
                 f"Failed to compact the snapshot files in {self.folder}: {error}. The files stay "
                 "as they were, and compaction tries again later; if it keeps failing, raise "
@@ -649,6 +1071,11 @@ class SnapshotPublisher:
             return
         self._closed = True
         self.stop_compaction()
+        if not self.wait_for_rewrite(REWRITE_CLOSE_TIMEOUT_S):
+            logger.warning(
+                "The snapshot rewrite did not finish within %.0f s of close; the next start repeats it",
+                REWRITE_CLOSE_TIMEOUT_S,
+            )
         _unlock_folder(self._lock_file)
         logger.info("Closed the snapshot folder %s", self.folder)
 
@@ -760,11 +1187,29 @@ def _database_path(connection: duckdb.DuckDBPyConnection) -> str:
     return rows[0][0] if rows and rows[0][0] else ":memory:"
 
 
-def _copy_changes(connection: duckdb.DuckDBPyConnection, table: str, after: int, latest: int, temp: Path) -> int:
-    """Copy the rows of `table` with `after` < change_seq <= `latest` into `temp`; return the row count."""
-    # TODO: change_seq records inserts and updates only. A DELETE (future retention or
-    # erasure) leaves the row in the snapshot until the next full copy.
+def _pin_read_transaction(connection: duckdb.DuckDBPyConnection) -> tuple[duckdb.DuckDBPyConnection, int]:
+    """Open a read transaction on a new cursor of `connection`; return it with the sequence's last value.
 
+    Call it on the writer's thread between transactions. DuckDB fixes a transaction's view
+    of the database at its first read, not at BEGIN, so the SELECT pins it here.
+    """
+    cursor = connection.cursor()
+    try:
+        cursor.execute("BEGIN TRANSACTION")
+        cursor.execute("SELECT 1 FROM feedback LIMIT 1").fetchall()
+        latest = _latest_change_seq(cursor) or 0
+    except duckdb.Error:
+        cursor.close()
+        raise
+    return cursor, latest
+
+
+def _copy_changes(connection: duckdb.DuckDBPyConnection, table: str, after: int, latest: int, temp: Path) -> int:
+    """Copy the rows of `table` with `after` < change_seq <= `latest` into `temp`; return the row count.
+
+    change_seq records inserts and updates only, so deletions reach the snapshot through
+    the full rewrite that `SnapshotPublisher.request_rewrite` requests.
+    """
     # `table` comes from TABLES, never from input, because a table name cannot be a parameter.
     rows = connection.execute(
         f"COPY (SELECT * FROM {table} WHERE change_seq > ? AND change_seq <= ? ORDER BY change_seq) "

@@ -16,7 +16,10 @@ from uuid import UUID
 
 import duckdb
 
+from feedbackbot import privacy
 from feedbackbot.errors import StoreError, StoreUnavailable
+from models.privacy import ErasureResult, PrivacyExport, RetentionMode, RetentionResult
+from models.listing import DailyVolume, FeedbackQuery
 from models.feedback import (
     ClaimedNotification,
     DeliveryResult,
@@ -32,7 +35,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Version 1 of the schema. A new file gets it and then every migration below, so new and
 # upgraded files always end in the same state. CHECK constraints repeat the validation
@@ -98,6 +101,38 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE feedback ADD COLUMN enrichment_error VARCHAR",
         "ALTER TABLE feedback ADD COLUMN change_seq BIGINT DEFAULT nextval('change_seq')",
         "ALTER TABLE outbox ADD COLUMN change_seq BIGINT DEFAULT nextval('change_seq')",
+    ),
+    # Version 3: privacy. Retention in "anonymise" mode sets the personal fields to NULL,
+    # which the length CHECKs accept. Erasures and retention runs are recorded with the
+    # address's SHA-256, never the address.
+    3: (
+        "ALTER TABLE feedback ALTER COLUMN customer_name DROP NOT NULL",
+        "ALTER TABLE feedback ALTER COLUMN customer_email DROP NOT NULL",
+        "ALTER TABLE feedback ALTER COLUMN feedback_text DROP NOT NULL",
+        "ALTER TABLE feedback ADD COLUMN anonymised_at TIMESTAMPTZ",
+        """
+        CREATE TABLE IF NOT EXISTS erasures (
+            id UUID PRIMARY KEY,
+            requested_at TIMESTAMPTZ NOT NULL,
+            request_id VARCHAR NOT NULL,
+            email_sha256 VARCHAR NOT NULL CHECK (length(email_sha256) = 64),
+            reason VARCHAR NOT NULL,
+            feedback_rows INTEGER NOT NULL,
+            outbox_rows INTEGER NOT NULL,
+            idempotency_keys INTEGER NOT NULL
+        )
+        """,
+        """
+        CREATE TABLE IF NOT EXISTS retention_runs (
+            id UUID PRIMARY KEY,
+            ran_at TIMESTAMPTZ NOT NULL,
+            mode VARCHAR NOT NULL CHECK (mode IN ('delete', 'anonymise')),
+            cutoff TIMESTAMPTZ NOT NULL,
+            feedback_rows INTEGER NOT NULL,
+            outbox_rows INTEGER NOT NULL,
+            idempotency_keys INTEGER NOT NULL
+        )
+        """,
     ),
 }
 
@@ -415,7 +450,9 @@ class FeedbackStore:
         try:
             rows = self._connection.execute(
                 f"SELECT {', '.join(FEEDBACK_COLUMNS)} FROM feedback "
-                "WHERE sentiment_label IS NULL AND enrichment_attempts < ? ORDER BY received_at LIMIT ?",
+                # Anonymised rows have no text left to score.
+                "WHERE sentiment_label IS NULL AND feedback_text IS NOT NULL AND enrichment_attempts < ? "
+                "ORDER BY received_at LIMIT ?",
                 [max_attempts, limit],
             ).fetchall()
         except duckdb.Error as error:
@@ -475,7 +512,7 @@ class FeedbackStore:
         try:
             pending, given_up = self._connection.execute(
                 "SELECT count(*) FILTER (WHERE enrichment_attempts < ?), count(*) FILTER (WHERE enrichment_attempts >= ?) "
-                "FROM feedback WHERE sentiment_label IS NULL",
+                "FROM feedback WHERE sentiment_label IS NULL AND feedback_text IS NOT NULL",
                 [max_attempts, max_attempts],
             ).fetchone()
         except duckdb.Error as error:
@@ -492,6 +529,36 @@ class FeedbackStore:
         except duckdb.Error as error:
             raise StoreError(f"Failed to list {status} outbox entries in {self.path}: {error}") from error
         return [OutboxEntry(**dict(zip(OUTBOX_COLUMNS, row))) for row in rows]
+
+    def list_feedback(self, query: FeedbackQuery) -> list[FeedbackRecord]:
+        """Return up to `query.limit` rows that match the filters, newest first."""
+        where, parameters = _feedback_conditions(query)
+        try:
+            rows = self._connection.execute(
+                f"SELECT {', '.join(FEEDBACK_COLUMNS)} FROM feedback {where} ORDER BY received_at DESC, id LIMIT ?",
+                [*parameters, query.limit],
+            ).fetchall()
+        except duckdb.Error as error:
+            raise StoreError(f"Failed to list feedback in {self.path}: {error}") from error
+        return [FeedbackRecord(**dict(zip(FEEDBACK_COLUMNS, row))) for row in rows]
+
+    def daily_volume(self, query: FeedbackQuery) -> list[DailyVolume]:
+        """Count the rows that match the filters per UTC day and sentiment, oldest day first; ignores `limit`."""
+        where, parameters = _feedback_conditions(query)
+        try:
+            rows = self._connection.execute(
+                "SELECT CAST(received_at AS DATE) AS day, count(*), "
+                "count(*) FILTER (WHERE sentiment_label = 'positive'), "
+                "count(*) FILTER (WHERE sentiment_label = 'neutral'), "
+                "count(*) FILTER (WHERE sentiment_label = 'negative'), "
+                "count(*) FILTER (WHERE sentiment_label IS NULL) "
+                f"FROM feedback {where} GROUP BY day ORDER BY day",
+                parameters,
+            ).fetchall()
+        except duckdb.Error as error:
+            raise StoreError(f"Failed to count feedback per day in {self.path}: {error}") from error
+        names = ("day", "total", "positive", "neutral", "negative", "pending")
+        return [DailyVolume(**dict(zip(names, row))) for row in rows]
 
     def requeue_notification(self, entry_id: UUID, *, now: datetime) -> OutboxEntry | None:
         """Make a dead entry pending again with a fresh count of tries; None when it is not dead."""
@@ -577,6 +644,18 @@ class FeedbackStore:
             self._rollback_quietly()
             raise StoreUnavailable(f"The feedback database {self.path} is not writable: {error}") from error
 
+    def export_address(self, address: str) -> PrivacyExport:
+        """Return every stored row about one email address; see feedbackbot.privacy."""
+        return privacy.export_address(self._connection, self.path, address)
+
+    def erase_address(self, address: str, *, reason: str, request_id: str, now: datetime) -> ErasureResult:
+        """Delete one email address's rows in one transaction and record the erasure; see feedbackbot.privacy."""
+        return privacy.erase_address(self._connection, self.path, address, reason=reason, request_id=request_id, now=now)
+
+    def apply_retention(self, *, cutoff: datetime, mode: RetentionMode, now: datetime) -> RetentionResult:
+        """Delete or anonymise the feedback received before `cutoff` and record the run; see feedbackbot.privacy."""
+        return privacy.apply_retention(self._connection, self.path, cutoff=cutoff, mode=mode, now=now)
+
     def publish_snapshot(self, publisher: "SnapshotPublisher") -> "PublishReport":
         """Publish what changed since the last snapshot; call it between transactions, on this store's thread."""
         return publisher.publish(self._connection)
@@ -584,6 +663,28 @@ class FeedbackStore:
     def close(self) -> None:
         """Close the connection; later calls fail."""
         self._connection.close()
+
+
+def _feedback_conditions(query: FeedbackQuery) -> tuple[str, list[object]]:
+    """Return the WHERE clause of a listing's filters and its parameters."""
+    conditions: list[str] = []
+    parameters: list[object] = []
+    if query.rating is not None:
+        conditions.append("rating = ?")
+        parameters.append(query.rating)
+    if query.sentiment == "pending":
+        conditions.append("sentiment_label IS NULL")
+    elif query.sentiment is not None:
+        conditions.append("sentiment_label = ?")
+        parameters.append(query.sentiment)
+    if query.since is not None:
+        conditions.append("received_at >= ?")
+        parameters.append(query.since)
+    if query.until is not None:
+        conditions.append("received_at < ?")
+        parameters.append(query.until)
+    where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+    return where, parameters
 
 
 def _outbox_row(record: FeedbackRecord, notification: OwedNotification, now: datetime) -> list[object]:

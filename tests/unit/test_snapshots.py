@@ -1,4 +1,4 @@
-"""SnapshotPublisher against real DuckDB files: deltas, watermark, compaction, grace period, readers."""
+"""SnapshotPublisher against real DuckDB files: deltas, watermark, background full copies, compaction, readers."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import duckdb
 import pytest
 
 from feedbackbot import analysis, snapshots
-from feedbackbot.errors import SnapshotError
+from feedbackbot.errors import SnapshotError, SnapshotNotFound
 from feedbackbot.snapshot_manifest import read_manifest
 from feedbackbot.snapshot_settings import SnapshotSettings
-from feedbackbot.snapshots import TEMP_SUFFIX, SnapshotPublisher
+from feedbackbot.snapshots import FULL_COPY_MARKER_NAME, TEMP_SUFFIX, SnapshotPublisher
 from feedbackbot.store import FeedbackStore
 from models.feedback import DeliveryResult
 from tests.unit.snapshot_data import START, fill_store, make_record, owed_notifications, sentiment
@@ -528,3 +528,354 @@ def test_publish_large_store_then_query(store: FeedbackStore, publisher: Snapsho
     assert statuses["sent"] == 27
     assert statuses["dead"] == 3
     assert statuses["pending"] == len(records) + sum(1 for record in records if record.rating <= 2) - 30
+
+
+# -- background full copy -------------------------------------------------------------------
+
+
+class HeldCopy:
+    """Holds each table copy of a background thread until the test sets `release`.
+
+    Copies on the thread that created it (inline publishes) pass through. With
+    `failures_left` above 0, a released background copy writes its file and then fails,
+    as a full disk would.
+    """
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self.failures_left = 0
+        self.thread_names: set[str] = set()
+        self._test_thread = threading.current_thread()
+        real_copy = snapshots._copy_changes
+
+        def copy(connection, table, after, latest, temp):
+            if threading.current_thread() is self._test_thread:
+                return real_copy(connection, table, after, latest, temp)
+
+            self.thread_names.add(threading.current_thread().name)
+            self.started.set()
+            if not self.release.wait(READER_DEADLINE_S):
+                raise duckdb.InterruptException("the test never released the held copy")
+            rows = real_copy(connection, table, after, latest, temp)
+            if self.failures_left:
+                self.failures_left -= 1
+                raise duckdb.IOException("disk full")
+            return rows
+
+        monkeypatch.setattr(snapshots, "_copy_changes", copy)
+
+
+@pytest.fixture
+def held_copy(monkeypatch: pytest.MonkeyPatch) -> HeldCopy:
+    return HeldCopy(monkeypatch)
+
+
+def open_background_publisher(folder: Path, clock: FakeClock, **settings: object) -> SnapshotPublisher:
+    """Open a publisher that runs every full copy in the background, however small the tables."""
+    values: dict[str, object] = {"snapshot_dir": str(folder)}
+    values.update(settings)
+    return SnapshotPublisher.open(SnapshotSettings(**values), clock=clock, inline_full_copy_max_rows=0)
+
+
+def snapshot_ids(folder: Path) -> list[str]:
+    with analysis.connect(folder) as connection:
+        return sorted(row[0] for row in connection.execute("SELECT id::VARCHAR FROM feedback").fetchall())
+
+
+def temp_files(folder: Path) -> list[str]:
+    return [name for name in files_on_disk(folder) if name.endswith(TEMP_SUFFIX)]
+
+
+def test_first_publish_copies_in_background(
+    store: FeedbackStore, folder: Path, clock: FakeClock, held_copy: HeldCopy
+) -> None:
+    records = fill_store(store, 200, days=3)
+    publisher = open_background_publisher(folder, clock)
+    try:
+        report = publisher.publish(connection_of(store))
+        assert held_copy.started.wait(READER_DEADLINE_S), "the background copy never started"
+
+        # The copy thread waits inside its copy while the writer commits on its connection.
+        late = make_record()
+        store.insert_many([late])
+        copy_running_after_commit = not publisher.wait_for_rewrite(0)
+        with pytest.raises(SnapshotNotFound):
+            analysis.connect(folder)
+        during = publisher.publish(connection_of(store))
+        manifest_during = publisher.manifest
+
+        held_copy.release.set()
+        assert publisher.wait_for_rewrite(READER_DEADLINE_S), "the background copy did not finish in time"
+        installed = read_manifest(folder)
+        after = publisher.publish(connection_of(store))
+    finally:
+        held_copy.release.set()
+        publisher.close()
+
+    assert report.full_copy_reason == "the folder has no snapshot yet"
+    assert report.full_copy_running
+    assert report.files == ()
+    assert copy_running_after_commit
+    assert held_copy.thread_names == {"snapshot-full-copy"}
+    assert during.full_copy_running
+    assert during.files == ()
+    assert manifest_during is None
+    base = installed.files("feedback")
+    assert [f.kind for f in base] == ["base"]
+    assert base[0].rows == len(records)
+    assert str(late.id) not in parquet_ids(folder, base[0].path)
+    assert after.full_copy_reason is None
+    assert after.rows["feedback"] == 1
+    assert parquet_ids(folder, after.files[0]) == [str(late.id)]
+    assert snapshot_ids(folder) == sorted(str(record.id) for record in [*records, late])
+
+
+def test_changes_during_full_copy_published_once(
+    store: FeedbackStore, folder: Path, clock: FakeClock, held_copy: HeldCopy
+) -> None:
+    waiting = make_record(sentiment_label=None, sentiment_score=None, model_version=None)
+    store.insert_many([waiting, make_record()])
+    publisher = open_background_publisher(folder, clock)
+    try:
+        publisher.publish(connection_of(store))
+        assert held_copy.started.wait(READER_DEADLINE_S), "the background copy never started"
+        added = [make_record() for _ in range(3)]
+        store.insert_many(added)
+        store.record_enrichment_failure([waiting.id], error_text="model timed out")
+        held_copy.release.set()
+        assert publisher.wait_for_rewrite(READER_DEADLINE_S), "the background copy did not finish in time"
+
+        delta = publisher.publish(connection_of(store))
+        with analysis.connect(folder) as connection:
+            counts = connection.execute("SELECT count(*), count(DISTINCT id) FROM feedback").fetchall()
+            attempts = connection.execute(
+                "SELECT enrichment_attempts, enrichment_error FROM feedback WHERE id = ?", [waiting.id]
+            ).fetchall()
+    finally:
+        held_copy.release.set()
+        publisher.close()
+
+    assert delta.rows["feedback"] == 4
+    assert counts == [(5, 5)]
+    assert attempts == [(1, "model timed out")]
+
+
+def test_replaced_database_copied_in_background(
+    tmp_path: Path, store: FeedbackStore, folder: Path, clock: FakeClock, held_copy: HeldCopy
+) -> None:
+    old_records = [make_record() for _ in range(3)]
+    store.insert_many(old_records)
+    inline = open_publisher(folder, clock)
+    inline.publish(connection_of(store))
+    inline.close()
+    before = read_manifest(folder)
+    old_files = {f.path for table in snapshots.TABLES for f in before.files(table)}
+
+    other = FeedbackStore.open(tmp_path / "other.duckdb")
+    publisher = open_background_publisher(folder, clock, snapshot_grace_s=600)
+    try:
+        kept = make_record()
+        other.insert_many([kept])
+        report = publisher.publish(connection_of(other))
+        assert held_copy.started.wait(READER_DEADLINE_S), "the background copy never started"
+        late = make_record()
+        other.insert_many([late])
+        during = publisher.publish(connection_of(other))
+        ids_during = snapshot_ids(folder)
+        compaction_during = publisher.compact()
+
+        held_copy.release.set()
+        assert publisher.wait_for_rewrite(READER_DEADLINE_S), "the background copy did not finish in time"
+        installed = read_manifest(folder)
+        ids_installed = snapshot_ids(folder)
+        after = publisher.publish(connection_of(other))
+        ids_after = snapshot_ids(folder)
+    finally:
+        held_copy.release.set()
+        publisher.close()
+        other.close()
+
+    assert "the database changed" in report.full_copy_reason
+    assert report.full_copy_running
+    assert report.watermark == before.watermark
+    assert during.files == ()
+    assert ids_during == sorted(str(record.id) for record in old_records)
+    assert compaction_during.files == ()
+    assert installed.database != before.database
+    assert installed.watermark == 1
+    assert ids_installed == [str(kept.id)]
+    assert old_files <= {retired.path for retired in installed.retired}
+    assert all((folder / path).exists() for path in old_files)
+    assert after.rows["feedback"] == 1
+    assert ids_after == sorted([str(kept.id), str(late.id)])
+
+
+def test_failed_background_copy_retried(
+    store: FeedbackStore, folder: Path, clock: FakeClock, held_copy: HeldCopy
+) -> None:
+    store.insert_many([make_record() for _ in range(3)])
+    held_copy.failures_left = 1
+    held_copy.release.set()
+    publisher = open_background_publisher(folder, clock)
+    try:
+        failed = publisher.publish(connection_of(store))
+        assert publisher.wait_for_rewrite(READER_DEADLINE_S), "the background copy did not finish in time"
+        error = publisher.rewrite_error
+        leftovers = temp_files(folder)
+        manifest_written = (folder / "manifest.json").exists()
+        marker_kept = (folder / FULL_COPY_MARKER_NAME).exists()
+        pending_after_failure = publisher.rewrite_pending
+
+        retry = publisher.publish(connection_of(store))
+        assert publisher.wait_for_rewrite(READER_DEADLINE_S), "the repeated copy did not finish in time"
+        error_after_retry = publisher.rewrite_error
+        pending_after_retry = publisher.rewrite_pending
+    finally:
+        publisher.close()
+
+    assert failed.full_copy_running
+    assert "disk full" in error
+    assert leftovers == []
+    assert not manifest_written
+    assert marker_kept
+    assert pending_after_failure
+    assert retry.full_copy_running
+    assert retry.full_copy_reason == "the folder has no snapshot yet"
+    assert error_after_retry is None
+    assert not pending_after_retry
+    assert read_manifest(folder).files("feedback")[0].rows == 3
+    assert not (folder / FULL_COPY_MARKER_NAME).exists()
+    assert temp_files(folder) == []
+
+
+def test_full_copy_repeated_after_restart(tmp_path: Path, folder: Path, clock: FakeClock, held_copy: HeldCopy) -> None:
+    path = tmp_path / "restored.duckdb"
+    store = FeedbackStore.open(path)
+    store.insert_many([make_record() for _ in range(5)])
+    inline = open_publisher(folder, clock)
+    inline.publish(connection_of(store))
+    inline.close()
+    store.close()
+    path.unlink()
+    store = FeedbackStore.open(path)
+    restored = [make_record()]
+    store.insert_many(restored)
+
+    held_copy.failures_left = 1
+    held_copy.release.set()
+    stopped = open_background_publisher(folder, clock)
+    failed = stopped.publish(connection_of(store))
+    assert stopped.wait_for_rewrite(READER_DEADLINE_S), "the background copy did not finish in time"
+    stopped.close()
+    marker_after_stop = (folder / FULL_COPY_MARKER_NAME).exists()
+    # The database passes the old watermark of 5, so only the marker shows that a full copy is due.
+    later = [make_record() for _ in range(6)]
+    store.insert_many(later)
+
+    restarted = open_background_publisher(folder, clock)
+    try:
+        repeated = restarted.publish(connection_of(store))
+        assert restarted.wait_for_rewrite(READER_DEADLINE_S), "the repeated copy did not finish in time"
+        ids = snapshot_ids(folder)
+    finally:
+        restarted.close()
+        store.close()
+
+    assert "behind the snapshot's watermark" in failed.full_copy_reason
+    assert marker_after_stop
+    assert repeated.full_copy_reason == "a full copy started before the last stop had not finished"
+    assert ids == sorted(str(record.id) for record in [*restored, *later])
+    assert not (folder / FULL_COPY_MARKER_NAME).exists()
+
+
+def test_full_copy_inline_up_to_row_limit(store: FeedbackStore, tmp_path: Path, clock: FakeClock) -> None:
+    store.insert_many([make_record() for _ in range(4)])
+
+    at_limit = SnapshotPublisher.open(
+        SnapshotSettings(snapshot_dir=str(tmp_path / "at-limit")), clock=clock, inline_full_copy_max_rows=4
+    )
+    inline = at_limit.publish(connection_of(store))
+    at_limit.close()
+    above_limit = SnapshotPublisher.open(
+        SnapshotSettings(snapshot_dir=str(tmp_path / "above-limit")), clock=clock, inline_full_copy_max_rows=3
+    )
+    background = above_limit.publish(connection_of(store))
+    finished = above_limit.wait_for_rewrite(READER_DEADLINE_S)
+    above_limit.close()
+
+    assert not inline.full_copy_running
+    assert inline.rows == {"feedback": 4, "outbox": 0}
+    assert len(inline.files) == 2
+    assert background.full_copy_running
+    assert background.files == ()
+    assert finished
+    assert read_manifest(tmp_path / "above-limit").files("feedback")[0].rows == 4
+
+
+def test_close_waits_for_background_copy(
+    store: FeedbackStore, folder: Path, clock: FakeClock, held_copy: HeldCopy
+) -> None:
+    store.insert_many([make_record()])
+    publisher = open_background_publisher(folder, clock)
+    publisher.publish(connection_of(store))
+    assert held_copy.started.wait(READER_DEADLINE_S), "the background copy never started"
+
+    held_copy.release.set()
+    publisher.close()
+
+    assert read_manifest(folder).files("feedback")[0].rows == 1
+    assert temp_files(folder) == []
+
+
+def test_full_copy_serves_earlier_rewrite_request(
+    store: FeedbackStore, folder: Path, clock: FakeClock, held_copy: HeldCopy
+) -> None:
+    store.insert_many([make_record()])
+    publisher = open_background_publisher(folder, clock)
+    try:
+        publisher.request_rewrite("erasure before the first snapshot")
+        publisher.publish(connection_of(store))
+        held_copy.release.set()
+        assert publisher.wait_for_rewrite(READER_DEADLINE_S), "the background copy did not finish in time"
+        pending = publisher.rewrite_pending
+        second = publisher.publish(connection_of(store))
+        rewrite_started = not publisher.wait_for_rewrite(0)
+    finally:
+        publisher.close()
+
+    assert not pending
+    assert not (folder / snapshots.REWRITE_MARKER_NAME).exists()
+    assert second.full_copy_reason is None
+    assert not rewrite_started
+
+
+def test_rewrite_requested_during_full_copy_runs_after(
+    store: FeedbackStore, folder: Path, clock: FakeClock, held_copy: HeldCopy
+) -> None:
+    erased = make_record()
+    store.insert_many([erased, make_record()])
+    publisher = open_background_publisher(folder, clock)
+    try:
+        publisher.publish(connection_of(store))
+        assert held_copy.started.wait(READER_DEADLINE_S), "the background copy never started"
+        store._connection.execute("DELETE FROM feedback WHERE id = ?", [erased.id])
+        publisher.request_rewrite("erasure during the full copy")
+        held_copy.release.set()
+        assert publisher.wait_for_rewrite(READER_DEADLINE_S), "the background copy did not finish in time"
+        pending_after_copy = publisher.rewrite_pending
+        ids_after_copy = snapshot_ids(folder)
+
+        publisher.publish(connection_of(store))
+        assert publisher.wait_for_rewrite(READER_DEADLINE_S), "the rewrite did not finish in time"
+        pending_after_rewrite = publisher.rewrite_pending
+        ids_after_rewrite = snapshot_ids(folder)
+    finally:
+        held_copy.release.set()
+        publisher.close()
+
+    assert pending_after_copy
+    assert str(erased.id) in ids_after_copy
+    assert not pending_after_rewrite
+    assert str(erased.id) not in ids_after_rewrite
+    assert held_copy.thread_names == {"snapshot-full-copy", "snapshot-rewrite"}

@@ -405,7 +405,7 @@ def test_version_1_file_is_migrated(tmp_path: Path) -> None:
     assert store.get(waiting.id) == waiting
     store.close()
     connection = duckdb.connect(str(path), read_only=True)
-    assert connection.execute("SELECT version FROM schema_version ORDER BY version").fetchall() == [(1,), (2,)]
+    assert connection.execute("SELECT version FROM schema_version ORDER BY version").fetchall() == [(1,), (2,), (3,)]
     sequence = dict(connection.execute("SELECT id, change_seq FROM feedback").fetchall())
     assert sequence[record.id] < sequence[waiting.id]
 
