@@ -45,7 +45,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         401: "Missing or unknown X-API-Key (from the gateway).",
         403: "The key's role may not call this route (from the gateway).",
         404: "No such feedback, outbox entry or route.",
-        413: "The body is larger than 64 KiB.",
+        413: "The body is larger than the route's limit: 64 KiB, or 4 MiB for a batch.",
         415: "The body is neither JSON nor an HTML form post.",
         409: "The Idempotency-Key was already used for a different submission.",
         422: "Invalid input; `fields` lists each bad field.",
@@ -232,7 +232,11 @@ def install_error_handlers(api: FastAPI) -> None:
         message = str(error.detail)
         if error.status_code == 404:
             message = f"No route {request.method} {request.url.path}; see /openapi.json for the routes."
-        return error_response(request, error.status_code, code, message)
+        response = error_response(request, error.status_code, code, message)
+
+        # Starlette puts the Allow header of a 405 on the exception; RFC 9110 requires it.
+        response.headers.update(error.headers or {})
+        return response
 
     @api.exception_handler(Exception)
     async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:
@@ -245,9 +249,106 @@ def install_error_handlers(api: FastAPI) -> None:
         )
 
 
+# Routes that the gateway serves without an API key.
+PUBLIC_PATHS = frozenset({"/healthz", "/livez", "/readyz"})
+# The 503 of a health route: the route's own report when a deployment fails, or the common
+# error shape when the gateway cannot reach the service.
+HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    503: {
+        "description": "A deployment is failing or not ready (the report names it), or the gateway "
+        "cannot reach the service (the common error shape, with Retry-After).",
+        "content": {
+            "application/json": {
+                "schema": {
+                    "anyOf": [
+                        {"type": "object", "required": ["status", "deployments"]},
+                        {"$ref": "#/components/schemas/ErrorResponse"},
+                    ]
+                }
+            }
+        },
+    }
+}
+REQUEST_ID_HEADER_DOC = {
+    "description": "The client's X-Request-ID when it is 8 to 128 letters, digits, '.', '_', ':' "
+    "or '-', else an id that the gateway generated.",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{8,128}$"},
+}
+RETRY_AFTER_HEADER_DOC = {
+    "description": "Seconds to wait before retrying.",
+    "required": True,
+    "schema": {"type": "integer", "minimum": 0},
+}
+CREATED_HEADERS_DOC = {
+    "Location": {
+        "description": "Path of the stored feedback: /v1/feedback/{id}.",
+        "required": True,
+        "schema": {"type": "string"},
+    },
+    "Idempotent-Replayed": {
+        "description": "true when this is the original response to a repeated Idempotency-Key.",
+        "required": False,
+        "schema": {"type": "string", "enum": ["true"]},
+    },
+}
+API_KEY_SCHEME = {
+    "type": "apiKey",
+    "in": "header",
+    "name": "X-API-Key",
+    "description": "A submit key for the submission routes, an admin key for every route. The "
+    "gateway checks it and does not forward it.",
+}
+
+
+def install_openapi_contract(api: FastAPI) -> None:
+    """Add what the gateway adds to responses, and the API key, to the app's OpenAPI schema.
+
+    Clients reach the service only through the gateway, so the schema describes the responses
+    as the gateway sends them: every one carries X-Request-ID, and a 429 or 503 in the common
+    error shape carries Retry-After.
+    """
+
+    def openapi() -> dict[str, Any]:
+        if api.openapi_schema is None:
+            # FastAPI.openapi, not api.openapi: the instance attribute is this function.
+            document_gateway_contract(FastAPI.openapi(api))
+        return api.openapi_schema
+
+    api.openapi = openapi
+
+
+def document_gateway_contract(schema: dict[str, Any]) -> None:
+    """Add the gateway's headers and the API key scheme to a generated OpenAPI schema, in place."""
+    schema.setdefault("components", {}).setdefault("securitySchemes", {})["ApiKey"] = API_KEY_SCHEME
+    schema["security"] = [{"ApiKey": []}]
+
+    for path, operations in schema.get("paths", {}).items():
+        for operation in operations.values():
+            if path in PUBLIC_PATHS:
+                operation["security"] = []
+            for status, response in operation.get("responses", {}).items():
+                headers = response.setdefault("headers", {})
+                headers["X-Request-ID"] = REQUEST_ID_HEADER_DOC
+                if status == "201":
+                    headers.update(CREATED_HEADERS_DOC)
+                if status in ("429", "503") and _is_error_shape(response):
+                    headers["Retry-After"] = RETRY_AFTER_HEADER_DOC
+
+
+def _is_error_shape(response: dict[str, Any]) -> bool:
+    schema = response.get("content", {}).get("application/json", {}).get("schema", {})
+    return schema.get("$ref") == "#/components/schemas/ErrorResponse"
+
+
 def parse_json_object(body: bytes) -> Any:
-    """Decode a JSON body, rejecting duplicate keys and NaN or Infinity. Raises ValueError."""
-    return json.loads(body, object_pairs_hook=_reject_duplicate_keys, parse_constant=_reject_constant)
+    """Decode a JSON body, rejecting duplicate keys, NaN or Infinity and deep nesting. Raises ValueError."""
+    try:
+        return json.loads(body, object_pairs_hook=_reject_duplicate_keys, parse_constant=_reject_constant)
+    except RecursionError as error:
+        # The json module recurses once per array or object level, so a 64 KiB body of
+        # brackets exceeds Python's recursion limit.
+        raise ValueError("arrays or objects are nested too deeply") from error
 
 
 def form_payload(items: list[tuple[str, Any]]) -> tuple[dict[str, Any], list[str]]:

@@ -14,7 +14,9 @@ from typing import Any, Literal
 from uuid import UUID
 
 import email_validator
+from apprise.utils.parse import is_email as apprise_parse_email
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 NAME_MAX_CHARS = 200
 TEXT_MIN_CHARS = 10
@@ -30,13 +32,30 @@ SentimentLabel = Literal["positive", "neutral", "negative"]
 class FeedbackSubmission(BaseModel):
     """One customer's feedback after validation: trimmed, strictly typed, nothing extra."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, str_strip_whitespace=True, frozen=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        str_strip_whitespace=True,
+        frozen=True,
+        # The OpenAPI example; schemathesis sends it as one of its valid requests.
+        json_schema_extra={
+            "examples": [
+                {
+                    "customer_name": "Ada Lovelace",
+                    "customer_email": "ada@example.com",
+                    "feedback_text": "Fast delivery, thank you!",
+                    "rating": 5,
+                }
+            ]
+        },
+    )
 
     customer_name: str = Field(
         min_length=1, max_length=NAME_MAX_CHARS, description="Name as the customer typed it."
     )
     customer_email: str = Field(
-        description="Email address, syntax-checked without DNS lookups and normalised."
+        description="Email address, syntax-checked without DNS lookups and normalised. The part "
+        "before the @ must be ASCII; an internationalised domain is stored in its ASCII (xn--) form."
     )
     feedback_text: str = Field(
         min_length=TEXT_MIN_CHARS,
@@ -55,10 +74,27 @@ class FeedbackSubmission(BaseModel):
     @classmethod
     def _check_email_syntax(cls, value: str) -> str:
         try:
-            checked = email_validator.validate_email(value, check_deliverability=False)
+            # The confirmation goes out through apprise, which drops a recipient with non-ASCII
+            # characters (apprise 2.2.0). So SMTPUTF8 addresses are rejected here, and an
+            # internationalised domain is stored in its ASCII (xn--) form, which apprise accepts.
+            checked = email_validator.validate_email(value, check_deliverability=False, allow_smtputf8=False)
         except email_validator.EmailNotValidError as error:
             raise ValueError(str(error)) from error
-        return checked.normalized
+
+        # apprise parses the address with its own pattern, which is narrower than RFC 5322:
+        # it drops "o'brien@example.com" to "brien@example.com" and rejects "a+b+c@example.com".
+        # Such an address would get no confirmation, or send it to someone else.
+        # TODO: accept these valid addresses once the sender delivers to them unchanged.
+        address = checked.ascii_email
+        parsed = apprise_parse_email(address)
+        if not parsed or parsed["full_email"] != address:
+            raise PydanticCustomError(
+                "email_undeliverable",
+                "customer_email '{address}' is valid, but the mail sender cannot deliver to it "
+                "because of characters such as ' or a second + before the @; use another address.",
+                {"address": address},
+            )
+        return address
 
     @field_validator("feedback_text", mode="before")
     @classmethod
@@ -131,9 +167,10 @@ class FeedbackRecord(BaseModel):
     id: UUID
     received_at: datetime = Field(description="When ingest accepted the request, in UTC.")
     request_id: str = Field(description="X-Request-ID from the gateway, or Serve's own id.")
-    customer_name: str
-    customer_email: str
-    feedback_text: str
+    # None after retention anonymised the row.
+    customer_name: str | None
+    customer_email: str | None
+    feedback_text: str | None
     rating: int
     sentiment_label: SentimentLabel | None = Field(
         default=None, description="None while enrichment is pending: the model failed and the row is scored later."
@@ -236,9 +273,9 @@ class StoredFeedback(FeedbackCreated):
     """Body of GET /v1/feedback/{id}: everything stored about one submission."""
 
     request_id: str
-    customer_name: str
-    customer_email: str
-    feedback_text: str
+    customer_name: str | None = Field(description="null after retention anonymised the feedback.")
+    customer_email: str | None = Field(description="null after retention anonymised the feedback.")
+    feedback_text: str | None = Field(description="null after retention anonymised the feedback.")
     rating: int
     model_version: str | None = Field(description="Model that scored the text; null while pending.")
 
@@ -342,6 +379,13 @@ def _explain(item: dict[str, Any], *, from_form: bool) -> FieldError:
         return FieldError(field=field, message=_explain_rating(value, from_form=from_form))
     if kind in {"string_type", "string_sub_type"}:
         return FieldError(field=field, message=f"{field} must be a string; got {_describe(value)}.")
+    if kind == "string_unicode":
+        # A JSON escape of half a UTF-16 surrogate pair, such as "\ud800", decodes to a code
+        # point that UTF-8 cannot encode.
+        return FieldError(
+            field=field,
+            message=f"{field} contains an unpaired surrogate escape such as \\ud800; send valid Unicode text.",
+        )
     if field == "customer_name" and kind == "string_too_short":
         return FieldError(field=field, message="customer_name is empty; enter a name of 1 to 200 characters.")
     if field == "customer_name" and kind == "string_too_long":
@@ -350,6 +394,8 @@ def _explain(item: dict[str, Any], *, from_form: bool) -> FieldError:
         return FieldError(field=field, message=f"feedback_text has {len(value.strip())} characters after trimming; write at least {TEXT_MIN_CHARS}.")
     if field == "feedback_text" and kind == "string_too_long":
         return FieldError(field=field, message=f"feedback_text has {len(value.strip())} characters; shorten it to at most {TEXT_MAX_CHARS}.")
+    if kind == "email_undeliverable":
+        return FieldError(field=field, message=item["msg"])
     if field == "customer_email":
         reason = str(item.get("ctx", {}).get("error", item["msg"]))
         return FieldError(field=field, message=f"customer_email is not a valid email address: {reason}")
