@@ -11,19 +11,21 @@ import asyncio
 import logging
 import uuid
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import ray.exceptions
 from fastapi import FastAPI, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from feedbackbot.errors import EnrichmentError, StoreError, error_summary
+from feedbackbot.metrics import IngestMetrics
 from feedbackbot.settings import StageTimeouts
 from feedbackbot.http_api import (
     ERROR_RESPONSES,
+    HEALTH_RESPONSES,
     IDEMPOTENCY_KEY_PARAMETER,
     await_response,
     await_within,
@@ -35,10 +37,17 @@ from feedbackbot.http_api import (
     form_payload,
     idempotency_claim,
     install_error_handlers,
+    install_openapi_contract,
     parse_json_object,
     request_id_of,
     sentiment_fields,
 )
+from feedbackbot.privacy_http import read_privacy_request
+from feedbackbot.web import admin as web_admin
+from feedbackbot.web import form as web_form
+from feedbackbot.web.pages import static_asset
+from models.listing import MAX_LIST_LIMIT, FeedbackQuery, SentimentFilter
+from models.privacy import ErasureRequest, ErasureResult, PrivacyExport, PrivacyRequest
 from models.feedback import (
     AcceptedSubmission,
     BatchCreated,
@@ -75,6 +84,29 @@ api = FastAPI(
     '`{"error": {"code", "message", "request_id", "fields"}}`.',
 )
 install_error_handlers(api)
+install_openapi_contract(api)
+
+
+def stored_feedback(record: FeedbackRecord) -> StoredFeedback:
+    """Return the API's view of a stored row."""
+    return StoredFeedback(
+        id=record.id,
+        received_at=record.received_at,
+        **sentiment_fields(record),
+        request_id=record.request_id,
+        customer_name=record.customer_name,
+        customer_email=record.customer_email,
+        feedback_text=record.feedback_text,
+        rating=record.rating,
+        model_version=record.model_version,
+    )
+
+
+def as_utc(moment: datetime | None) -> datetime | None:
+    """Return an aware time in UTC; a time without an offset is taken as UTC."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=timezone.utc)
 
 
 @serve.deployment
@@ -97,6 +129,7 @@ class Ingest:
         self._enrichment = enrichment
         self._persistence = persistence
         self._notification = notification
+        self._metrics = IngestMetrics()
 
     @api.post(
         "/v1/feedback",
@@ -116,14 +149,34 @@ class Ingest:
         },
     )
     async def submit(self, request: Request) -> JSONResponse:
+        response = await self._submit_one(request)
+        self._metrics.count_response("single", response)
+        return response
+
+    async def _submit_one(self, request: Request) -> JSONResponse:
         parsed = await self._read_payload(request)
         if isinstance(parsed, JSONResponse):
             return parsed
         payload, from_form = parsed
+        return await self._accept(request, payload, from_form, idempotency_claim)
 
+    async def _accept(
+        self,
+        request: Request,
+        payload: object,
+        from_form: bool,
+        claim_of: Callable[[Request, FeedbackSubmission], IdempotencyClaim | JSONResponse | None],
+    ) -> JSONResponse:
+        """Validate, score and store one submission; `claim_of` returns its idempotency claim.
+
+        The API passes the Idempotency-Key header's claim, the web form its form key's claim.
+        """
+        # The id is drawn before validation so that every deployment's log lines of this
+        # request can name it; it is used only when the submission is valid.
+        feedback_id = uuid.uuid4()
         try:
             result: ValidationResult = await await_within(
-                self._validation.validate.remote(payload, from_form), self._timeouts.validation_timeout_s
+                self._validation.validate.remote(payload, from_form, feedback_id), self._timeouts.validation_timeout_s
             )
         except (asyncio.TimeoutError, BackPressureError, ray.exceptions.RayError) as error:
             logger.error("Validation failed or timed out: %s", error_summary(error))
@@ -137,7 +190,7 @@ class Ingest:
                 fields=result.errors,
             )
 
-        claim = idempotency_claim(request, result.submission)
+        claim = claim_of(request, result.submission)
         if isinstance(claim, JSONResponse):
             return claim
 
@@ -153,7 +206,7 @@ class Ingest:
                     return self._answer_repeat(request, earlier, claim)
 
             accepted = AcceptedSubmission(
-                id=uuid.uuid4(),
+                id=feedback_id,
                 received_at=datetime.now(timezone.utc),
                 request_id=request_id_of(request),
                 submission=result.submission,
@@ -179,20 +232,28 @@ class Ingest:
 
         record = outcome.record
         logger.info(
-            "Stored feedback %s (rating %d, sentiment %s)", record.id, record.rating, record.sentiment_label or "pending"
-        )
+            "Stored feedback %s (rating %d, sentiment %s)",
+            record.id, record.rating, record.sentiment_label or "pending",
+            extra={"feedback_id": str(record.id)},
+        )  # fmt: skip
         return created_response(record)
 
     async def _score(self, accepted: AcceptedSubmission) -> Sentiment | None:
         """Return the sentiment, or None when the model fails or is too slow; the row is then scored later."""
         timeout_s = self._timeouts.enrichment_timeout_s
         try:
-            return await await_within(self._enrichment.analyze.remote(accepted.submission.feedback_text), timeout_s)
+            return await await_within(
+                self._enrichment.analyze.remote(accepted.submission.feedback_text, accepted.id), timeout_s
+            )
         except asyncio.TimeoutError:
             problem = f"took longer than {timeout_s:g} s"
         except (EnrichmentError, BackPressureError, ray.exceptions.RayError) as error:
             problem = f"failed: {error_summary(error)}"
-        logger.warning("Sentiment of feedback %s %s; storing it without sentiment to score later", accepted.id, problem)
+        logger.warning(
+            "Sentiment of feedback %s %s; storing it without sentiment to score later",
+            accepted.id, problem,
+            extra={"feedback_id": str(accepted.id)},
+        )  # fmt: skip
         return None
 
     def _unavailable(self, request: Request, problem: str, *, same_key: bool = False) -> JSONResponse:
@@ -222,6 +283,11 @@ class Ingest:
         },
     )
     async def submit_batch(self, request: Request) -> JSONResponse:
+        response = await self._submit_many(request)
+        self._metrics.count_response("batch", response)
+        return response
+
+    async def _submit_many(self, request: Request) -> JSONResponse:
         body = await request.body()
         if len(body) > MAX_BATCH_BODY_BYTES:
             return error_response(
@@ -263,6 +329,7 @@ class Ingest:
         results = [
             batch_item(index, outcomes.get(index), result.errors or None) for index, result in enumerate(checked)
         ]
+        self._metrics.count_batch_items(result.status for result in results)
         accepted = sum(1 for result in results if result.status in ("created", "replayed"))
         created = sum(1 for result in results if result.status == "created")
         logger.info("Stored %d of a batch of %d (%d accepted before)", created, len(results), accepted - created)
@@ -321,7 +388,11 @@ class Ingest:
     def _answer_repeat(self, request: Request, outcome: StoreOutcome, claim: IdempotencyClaim) -> JSONResponse:
         """Return the response to a repeated Idempotency-Key: the original 201, or 409 for another submission."""
         if outcome.status == "replayed":
-            logger.info("Replayed feedback %s for a repeated Idempotency-Key", outcome.record.id)
+            logger.info(
+                "Replayed feedback %s for a repeated Idempotency-Key",
+                outcome.record.id,
+                extra={"feedback_id": str(outcome.record.id)},
+            )
             return created_response(outcome.record, replayed=True)
 
         logger.info("Rejected a reused Idempotency-Key with a different submission")
@@ -385,19 +456,70 @@ class Ingest:
         record: FeedbackRecord | None = await self._persistence.get.remote(feedback_id)
         if record is None:
             return error_response(request, 404, "not_found", f"No feedback with id {feedback_id}.")
+        return JSONResponse(stored_feedback(record).model_dump(mode="json"))
 
-        stored = StoredFeedback(
-            id=record.id,
-            received_at=record.received_at,
-            **sentiment_fields(record),
-            request_id=record.request_id,
-            customer_name=record.customer_name,
-            customer_email=record.customer_email,
-            feedback_text=record.feedback_text,
-            rating=record.rating,
-            model_version=record.model_version,
-        )
-        return JSONResponse(stored.model_dump(mode="json"))
+    @api.get(
+        "/v1/feedback",
+        response_model=list[StoredFeedback],
+        responses=ERROR_RESPONSES,
+        summary="List stored feedback, newest first (analyst or admin key)",
+    )
+    async def list_feedback(
+        self,
+        request: Request,
+        rating: int | None = Query(default=None, ge=1, le=5, description="Only feedback with this rating."),
+        sentiment: SentimentFilter | None = Query(
+            default=None, description="Only this sentiment label; `pending` selects feedback not scored yet."
+        ),
+        since: datetime | None = Query(
+            default=None, description="Only feedback received at or after this ISO 8601 time; without an offset it is UTC."
+        ),
+        until: datetime | None = Query(
+            default=None, description="Only feedback received before this ISO 8601 time; without an offset it is UTC."
+        ),
+        limit: int = Query(default=100, ge=1, le=MAX_LIST_LIMIT, description="Maximum number of rows returned."),
+    ) -> JSONResponse:
+        query = FeedbackQuery(rating=rating, sentiment=sentiment, since=as_utc(since), until=as_utc(until), limit=limit)
+        try:
+            records: list[FeedbackRecord] = await await_within(
+                self._persistence.list_feedback.remote(query), self._timeouts.persistence_timeout_s
+            )
+        except (asyncio.TimeoutError, StoreError, BackPressureError, ray.exceptions.RayError) as error:
+            logger.error("Listing feedback failed: %s", error_summary(error))
+            return self._unavailable(request, "The feedback could not be read right now")
+        return JSONResponse([stored_feedback(record).model_dump(mode="json") for record in records])
+
+    # The browser pages (feedbackbot/web). They are left out of /openapi.json because they
+    # return HTML for people, not the API's JSON.
+    @api.get("/", include_in_schema=False)
+    async def web_form_page(self, request: Request) -> HTMLResponse:
+        return web_form.form_page(request)
+
+    @api.post("/", include_in_schema=False)
+    async def web_form_submit(self, request: Request) -> HTMLResponse:
+        async def accept_and_count(*arguments: Any) -> JSONResponse:
+            # Form posts count as single submissions in the metrics, like POST /v1/feedback.
+            response = await self._accept(*arguments)
+            self._metrics.count_response("single", response)
+            return response
+
+        return await web_form.submit(request, accept_and_count)
+
+    @api.get("/static/{name}", include_in_schema=False)
+    async def web_static(self, name: str) -> Response:
+        return static_asset(name)
+
+    @api.get("/admin/sign-in", include_in_schema=False)
+    async def web_sign_in(self, request: Request) -> HTMLResponse:
+        return web_admin.sign_in_page(request)
+
+    @api.get("/admin", include_in_schema=False)
+    async def web_admin_page(self, request: Request) -> HTMLResponse:
+        return await web_admin.admin_page(request, self._persistence, self._timeouts.persistence_timeout_s)
+
+    @api.post("/admin/outbox/{entry_id}/retry", include_in_schema=False)
+    async def web_retry(self, entry_id: uuid.UUID, request: Request) -> Response:
+        return await web_admin.retry(request, entry_id, self._persistence, self._timeouts.persistence_timeout_s)
 
     @api.get(
         "/v1/admin/outbox",
@@ -428,7 +550,65 @@ class Ingest:
             )
         return JSONResponse(entry.model_dump(mode="json"))
 
-    @api.get("/healthz", summary="Health of every deployment")
+    @api.post(
+        "/v1/admin/privacy/export",
+        response_model=PrivacyExport,
+        responses=ERROR_RESPONSES,
+        summary="Export everything stored about one email address (admin key)",
+        description="The address goes in the JSON body, never in the URL, so that access logs do not record it.",
+        openapi_extra={
+            "requestBody": {"required": True, "content": {"application/json": {"schema": PrivacyRequest.model_json_schema()}}}
+        },
+    )
+    async def export_address(self, request: Request) -> JSONResponse:
+        parsed = await read_privacy_request(request, PrivacyRequest)
+        if isinstance(parsed, JSONResponse):
+            return parsed
+
+        try:
+            exported: PrivacyExport = await await_within(
+                self._persistence.export_address.remote(parsed.email), self._timeouts.persistence_timeout_s
+            )
+        except (asyncio.TimeoutError, StoreError, BackPressureError, ray.exceptions.RayError) as error:
+            logger.error("Export of one address failed: %s", error_summary(error))
+            return self._unavailable(request, "The data could not be read right now")
+        logger.info(
+            "Exported %d feedback row(s) of one address (sha256 %s…)", len(exported.feedback), exported.email_sha256[:12]
+        )
+        return JSONResponse(exported.model_dump(mode="json"))
+
+    @api.post(
+        "/v1/admin/privacy/erase",
+        response_model=ErasureResult,
+        responses=ERROR_RESPONSES,
+        summary="Erase everything stored about one email address (admin key)",
+        description="Deletes the address's feedback rows with their outbox entries and Idempotency-Key "
+        "records in one transaction, records the erasure with the address's SHA-256, and rewrites the "
+        "Parquet snapshots without the rows within snapshot_max_age_s. An unknown address returns "
+        "zero counts and is recorded too.",
+        openapi_extra={
+            "requestBody": {"required": True, "content": {"application/json": {"schema": ErasureRequest.model_json_schema()}}}
+        },
+    )
+    async def erase_address(self, request: Request) -> JSONResponse:
+        parsed = await read_privacy_request(request, ErasureRequest)
+        if isinstance(parsed, JSONResponse):
+            return parsed
+
+        try:
+            result: ErasureResult = await await_within(
+                self._persistence.erase_address.remote(parsed.email, parsed.reason, request_id_of(request)),
+                self._timeouts.persistence_timeout_s,
+            )
+        except asyncio.TimeoutError:
+            logger.error("The erasure took longer than %.1f s; its outcome is unknown", self._timeouts.persistence_timeout_s)
+            return self._unavailable(request, "The database did not confirm the erasure in time, so it may or may not have happened")
+        except (StoreError, BackPressureError, ray.exceptions.RayError) as error:
+            logger.error("Erasure of one address failed: %s", error_summary(error))
+            return self._unavailable(request, "The data could not be erased right now and nothing was deleted")
+        return JSONResponse(result.model_dump(mode="json"))
+
+    @api.get("/healthz", summary="Health of every deployment", responses=HEALTH_RESPONSES)
     async def healthz(self) -> JSONResponse:
         handles = {
             "validation": self._validation,
@@ -451,3 +631,41 @@ class Ingest:
         healthy = all(part.get("status") == "ok" for part in report.values())
         status = "ok" if healthy else "degraded"
         return JSONResponse({"status": status, "deployments": report}, status_code=200 if healthy else 503)
+
+    @api.get("/livez", summary="Liveness: the ingest replica responds")
+    async def livez(self) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    @api.get(
+        "/readyz",
+        summary="Readiness of every deployment; 503 names the deployments that are not ready",
+        responses=HEALTH_RESPONSES,
+    )
+    async def readyz(self) -> JSONResponse:
+        handles = {
+            "validation": self._validation,
+            "enrichment": self._enrichment,
+            "persistence": self._persistence,
+            "notification": self._notification,
+        }
+        checks = [asyncio.wait_for(await_response(handle.ready.remote()), HEALTH_TIMEOUT_S) for handle in handles.values()]
+        results = await asyncio.gather(*checks, return_exceptions=True)
+
+        report: dict[str, Any] = {"ingest": {"live": True, "ready": True}}
+        for name, result in zip(handles, results):
+            if isinstance(result, asyncio.TimeoutError):
+                report[name] = {"live": False, "ready": False, "reason": f"no response within {HEALTH_TIMEOUT_S:g} s"}
+            elif isinstance(result, BaseException):
+                report[name] = {"live": False, "ready": False, "reason": error_summary(result)}
+            else:
+                report[name] = {"live": True, **result}
+
+        failing = [name for name, part in report.items() if not part.get("ready")]
+        if not failing:
+            return JSONResponse({"status": "ready", "deployments": report})
+        logger.warning("Readiness check failed for %s: %s", ", ".join(failing), {name: report[name] for name in failing})
+        return JSONResponse(
+            {"status": "not_ready", "failing": failing, "deployments": report},
+            status_code=503,
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )

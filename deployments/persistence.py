@@ -22,8 +22,9 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from feedbackbot.errors import EnrichmentError, SnapshotError, StoreError, error_summary
+from feedbackbot.metrics import OUTBOX_GAUGE_INTERVAL_S, PersistenceMetrics, timed_call
 from feedbackbot.notify import NotificationPolicy
-from feedbackbot.settings import BatchSettings, EnrichmentRetrySettings, load_settings, resolve_path
+from feedbackbot.settings import BatchSettings, EnrichmentRetrySettings, RetentionSettings, load_settings, resolve_path
 from feedbackbot.snapshot_settings import SnapshotSettings
 from feedbackbot.snapshots import SnapshotPublisher
 from feedbackbot.store import FeedbackStore
@@ -38,6 +39,8 @@ from models.feedback import (
     Sentiment,
     StoreOutcome,
 )
+from models.privacy import ErasureResult, PrivacyExport, RetentionResult
+from models.listing import DailyVolume, FeedbackQuery
 
 logger = logging.getLogger("ray.serve")
 
@@ -60,6 +63,7 @@ class Persistence:
         enrichment: DeploymentHandle,
         retry: EnrichmentRetrySettings,
         snapshots: SnapshotSettings,
+        retention: RetentionSettings | None = None,
     ) -> None:
         path = resolve_path(db_path)
         self._idempotency_window_s = idempotency_window_s
@@ -67,6 +71,7 @@ class Persistence:
         self._enrichment = enrichment
         self._retry = retry
         self._next_purge = 0.0
+        self._metrics = PersistenceMetrics()
         # Set whenever a commit adds or requeues outbox entries; wakes senders that wait in
         # claim_notifications.
         self._outbox_changed = asyncio.Event()
@@ -84,6 +89,12 @@ class Persistence:
         self._publisher.start_compaction()
         self._last_publish_error: str | None = None
         self._publishing = asyncio.get_running_loop().create_task(self._publish_forever())
+        self._outbox_gauge = asyncio.get_running_loop().create_task(self._count_outbox_forever())
+
+        self._retention = retention or RetentionSettings()
+        self._retaining: asyncio.Task[None] | None = None
+        if self._retention.retention_days > 0:
+            self._retaining = asyncio.get_running_loop().create_task(self._retain_forever())
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply batch size and batch wait from user_config without a restart."""
@@ -99,7 +110,10 @@ class Persistence:
         only after the commit.
         """
         record = self._record(accepted, sentiment)
-        return await self._commit_batch((record, accepted.idempotency, self._policy.owed(record)))
+        outcome = await self._commit_batch((record, accepted.idempotency, self._policy.owed(record)))
+        if outcome.status == "created":
+            logger.info("Committed feedback %s", record.id, extra={"feedback_id": str(record.id)})
+        return outcome
 
     def _record(self, accepted: AcceptedSubmission, sentiment: Sentiment | None) -> FeedbackRecord:
         submission = accepted.submission
@@ -122,9 +136,11 @@ class Persistence:
             record = self._record(accepted, sentiment)
             entries.append((record, accepted.idempotency, self._policy.owed(record)))
 
-        outcomes = await self._run(
-            lambda: self._store.commit_submissions(entries, now=now, idempotency_window_s=self._idempotency_window_s)
+        outcomes = await self._run_timed(
+            "commit_submissions",
+            lambda: self._store.commit_submissions(entries, now=now, idempotency_window_s=self._idempotency_window_s),
         )
+        self._metrics.observe_batch("submitted_batch", len(entries))
         created = sum(1 for outcome in outcomes if outcome.status == "created")
         logger.info("Committed %d feedback row(s) of a submitted batch of %d", created, len(items))
         if created:
@@ -151,9 +167,11 @@ class Persistence:
         self, items: list[tuple[FeedbackRecord, IdempotencyClaim | None, list[OwedNotification]]]
     ) -> list[StoreOutcome]:
         now = datetime.now(timezone.utc)
-        outcomes = await self._run(
-            lambda: self._store.commit_submissions(items, now=now, idempotency_window_s=self._idempotency_window_s)
+        outcomes = await self._run_timed(
+            "commit_submissions",
+            lambda: self._store.commit_submissions(items, now=now, idempotency_window_s=self._idempotency_window_s),
         )
+        self._metrics.observe_batch("serve_batch", len(items))
         created = sum(1 for outcome in outcomes if outcome.status == "created")
         logger.info("Committed %d feedback row(s) of a batch of %d", created, len(items))
         if created:
@@ -200,6 +218,17 @@ class Persistence:
             return
         self._last_publish_error = None
 
+    async def _count_outbox_forever(self) -> None:
+        """Update the outbox gauge every OUTBOX_GAUGE_INTERVAL_S, until the replica stops."""
+        while True:
+            try:
+                counts = await self._run(self._store.outbox_counts)
+            except StoreError as error:
+                logger.error("Failed to count the outbox for the metrics, retrying at the next interval: %s", error_summary(error))
+            else:
+                self._metrics.set_outbox_counts(counts)
+            await asyncio.sleep(OUTBOX_GAUGE_INTERVAL_S)
+
     def _report_scorer_exit(self, task: asyncio.Task[None]) -> None:
         if task.cancelled():
             logger.info("Stopped late scoring")
@@ -217,7 +246,7 @@ class Persistence:
             return False
 
         calls = [
-            asyncio.wait_for(self._analyze(record.feedback_text), LATE_SCORING_TIMEOUT_S) for record in pending
+            asyncio.wait_for(self._analyze(record), LATE_SCORING_TIMEOUT_S) for record in pending
         ]
         results = await asyncio.gather(*calls, return_exceptions=True)
 
@@ -234,7 +263,7 @@ class Persistence:
 
         now = datetime.now(timezone.utc)
         if scored:
-            updated = await self._run(lambda: self._store.complete_enrichment(scored, now=now))
+            updated = await self._run_timed("complete_enrichment", lambda: self._store.complete_enrichment(scored, now=now))
             alerts = sum(len(owed) for _, owed in scored)
             logger.info("Scored %d feedback row(s) stored without sentiment; %d new admin alert(s)", updated, alerts)
             if alerts:
@@ -245,8 +274,8 @@ class Persistence:
             return False
         return len(pending) == limit
 
-    async def _analyze(self, text: str) -> Sentiment:
-        return await self._enrichment.analyze.remote(text)
+    async def _analyze(self, record: FeedbackRecord) -> Sentiment:
+        return await self._enrichment.analyze.remote(record.feedback_text, record.id)
 
     async def claim_notifications(
         self, limit: int, lease_s: float, skip_targets: list[str] | None = None, wait_s: float = 0.0
@@ -269,14 +298,15 @@ class Persistence:
 
     async def _claim(self, limit: int, lease_s: float, skip_targets: list[str]) -> list[ClaimedNotification]:
         now = datetime.now(timezone.utc)
-        return await self._run(
-            lambda: self._store.claim_notifications(now=now, limit=limit, lease_s=lease_s, skip_targets=skip_targets)
+        return await self._run_timed(
+            "claim_notifications",
+            lambda: self._store.claim_notifications(now=now, limit=limit, lease_s=lease_s, skip_targets=skip_targets),
         )
 
     async def finish_notifications(self, results: list[DeliveryResult]) -> None:
         """Record what a sender did with the entries it leased."""
         now = datetime.now(timezone.utc)
-        await self._run(lambda: self._store.finish_notifications(results, now=now))
+        await self._run_timed("finish_notifications", lambda: self._store.finish_notifications(results, now=now))
 
     async def list_outbox(self, status: str, limit: int) -> list[OutboxEntry]:
         return await self._run(lambda: self._store.list_outbox(status=status, limit=limit))
@@ -293,12 +323,82 @@ class Persistence:
         """Return one stored feedback, or None when the id is unknown."""
         return await self._run(self._store.get, feedback_id)
 
+    async def list_feedback(self, query: FeedbackQuery) -> list[FeedbackRecord]:
+        """Return the newest feedback that matches the filters, newest first."""
+        return await self._run(self._store.list_feedback, query)
+
+    async def daily_volume(self, query: FeedbackQuery) -> list[DailyVolume]:
+        """Return per-day counts by sentiment of the feedback that matches the filters."""
+        return await self._run(self._store.daily_volume, query)
+
+    async def export_address(self, address: str) -> PrivacyExport:
+        """Return every stored row about one email address."""
+        return await self._run(self._store.export_address, address)
+
+    async def erase_address(self, address: str, reason: str, request_id: str) -> ErasureResult:
+        """Erase one email address's data in one transaction, then rewrite the snapshots without it."""
+        now = datetime.now(timezone.utc)
+        result = await self._run(
+            lambda: self._store.erase_address(address, reason=reason, request_id=request_id, now=now)
+        )
+        logger.info(
+            "Erased %d feedback row(s), %d outbox entries and %d Idempotency-Key(s) of one address (erasure %s, request %s)",
+            result.feedback_rows,
+            result.outbox_rows,
+            result.idempotency_keys,
+            result.erasure_id,
+            request_id,
+        )
+        if result.feedback_rows:
+            await self._run(self._publisher.request_rewrite, f"erasure {result.erasure_id}")
+            # Publishing now starts the rewrite, instead of at the next interval.
+            await self._publish_once()
+        return result
+
+    async def _retain_forever(self) -> None:
+        """Apply retention every retention_interval_s, until the replica stops."""
+        settings = self._retention
+        logger.info(
+            "Started retention: %s feedback older than %d day(s), every %.0f s",
+            settings.retention_mode,
+            settings.retention_days,
+            settings.retention_interval_s,
+        )
+        while True:
+            try:
+                await self._apply_retention_once()
+            except StoreError as error:
+                logger.error("Retention failed; retrying at the next interval: %s", error_summary(error))
+            await asyncio.sleep(settings.retention_interval_s)
+
+    async def _apply_retention_once(self) -> RetentionResult:
+        now = datetime.now(timezone.utc)
+        cutoff = now - timedelta(days=self._retention.retention_days)
+        mode = self._retention.retention_mode
+        result = await self._run(lambda: self._store.apply_retention(cutoff=cutoff, mode=mode, now=now))
+        logger.info(
+            "Retention run %s (%s before %s): %d feedback row(s), %d outbox entries, %d Idempotency-Key(s)",
+            result.run_id,
+            mode,
+            cutoff.isoformat(),
+            result.feedback_rows,
+            result.outbox_rows,
+            result.idempotency_keys,
+        )
+        if result.changed:
+            await self._run(self._publisher.request_rewrite, f"retention run {result.run_id}")
+            await self._publish_once()
+        return result
+
     async def health(self) -> dict[str, object]:
         await self._run(self._store.check_writable)
         outbox = await self._run(self._store.outbox_counts)
+        self._metrics.set_outbox_counts(outbox)
         waiting = await self._run(lambda: self._store.enrichment_counts(max_attempts=self._retry.enrichment_max_attempts))
         scorer_running = not self._scorer.done()
         snapshots_ok = not self._publishing.done() and self._publisher.compaction_running and self._last_publish_error is None
+        # A failing rewrite leaves erased rows readable in the snapshots.
+        snapshots_ok = snapshots_ok and self._publisher.rewrite_error is None
         return {
             "status": "ok" if scorer_running and snapshots_ok else "failing",
             "db_path": str(self._store.path),
@@ -310,8 +410,28 @@ class Persistence:
                 "publishing": not self._publishing.done(),
                 "compaction_running": self._publisher.compaction_running,
                 "last_error": self._last_publish_error,
+                "rewrite_pending": self._publisher.rewrite_pending,
+                "rewrite_error": self._publisher.rewrite_error,
             },
+            "retention_running": self._retaining is not None and not self._retaining.done(),
         }
+
+    async def ready(self) -> dict[str, object]:
+        """Return readiness for /readyz: ready when a write transaction can be opened.
+
+        The reason goes back to ingest, which logs it.
+        """
+        try:
+            await self._run(self._store.check_writable)
+        except StoreError as error:
+            return {"ready": False, "reason": error_summary(error)}
+        return {"ready": True}
+
+    async def _run_timed(self, operation: str, function: Callable[[], ResultT]) -> ResultT:
+        """Run a DuckDB write on the store's thread and record its time under `operation`."""
+        result, seconds = await self._run(timed_call, function)
+        self._metrics.observe_commit(operation, seconds)
+        return result
 
     async def _run(self, function: Callable[..., ResultT], *args: Any) -> ResultT:
         loop = asyncio.get_running_loop()
@@ -319,7 +439,8 @@ class Persistence:
 
     def __del__(self) -> None:
         # Serve calls __del__ when it stops the replica; closing checkpoints the WAL.
-        for task in (getattr(self, "_scorer", None), getattr(self, "_publishing", None)):
+        for name in ("_scorer", "_publishing", "_outbox_gauge", "_retaining"):
+            task = getattr(self, name, None)
             if task is not None:
                 task.cancel()
         store = getattr(self, "_store", None)

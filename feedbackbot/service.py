@@ -26,7 +26,8 @@ from typing import Any, Callable, Mapping
 import httpx
 import yaml
 
-from feedbackbot.errors import ServiceError
+from feedbackbot.errors import KeyStoreError, ServiceError
+from feedbackbot.keys import LEGACY_KEYS_FILE_NAME, KeyStore, new_api_key  # noqa: F401 (new_api_key is re-exported)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OBJECT_STORE_BYTES = 256 * 1024 * 1024
@@ -45,6 +46,8 @@ class Ports:
     ray_client: int = 10001
     dashboard_agent: int = 52365
     mail: int = 2525
+    # Ray's Prometheus endpoint with Serve's and the application's metrics (docs/operations.md).
+    metrics_export: int = 8090
     # Used only with fast_ingress: HAProxy's stats and metrics ports, and the first of 100
     # HTTP and 100 gRPC ports for the replicas that HAProxy sends requests to.
     haproxy_stats: int = 8404
@@ -68,6 +71,9 @@ class ServiceConfig:
     # Ray Serve's HAProxy ingress and throughput-optimised mode (RAY_SERVE_ENABLE_HA_PROXY,
     # RAY_SERVE_THROUGHPUT_OPTIMIZED) instead of the Python HTTP proxy.
     fast_ingress: bool = False
+    # Extra environment for gateway/start.sh, for settings without a field here: per-role and
+    # per-address rate limits, FEEDBACKBOT_CORS_ORIGIN (see the header of gateway/start.sh).
+    gateway_environment: dict[str, str] = field(default_factory=dict)
 
     @property
     def run_dir(self) -> Path:
@@ -75,7 +81,7 @@ class ServiceConfig:
 
     @property
     def keys_file(self) -> Path:
-        return self.data_dir / "api-keys.txt"
+        return self.data_dir / "api-keys.json"
 
     @property
     def demo_keys_file(self) -> Path:
@@ -111,11 +117,25 @@ class ServiceConfig:
     def dashboard_url(self) -> str:
         return f"http://127.0.0.1:{self.ports.dashboard}"
 
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.metrics_export}/metrics"
+
+
+# Variable names of the demo keys in data/demo-keys.env, by role.
+DEMO_KEY_VARIABLES = {
+    "submit": "FEEDBACKBOT_SUBMIT_KEY",
+    "analyst": "FEEDBACKBOT_ANALYST_KEY",
+    "admin": "FEEDBACKBOT_ADMIN_KEY",
+}
+
 
 @dataclass(frozen=True)
 class DemoKeys:
     submit: str
     admin: str
+    # Empty when demo-keys.env was written by a version without the analyst role.
+    analyst: str = ""
 
 
 class Service:
@@ -160,7 +180,11 @@ class Service:
 
     def read_demo_keys(self) -> DemoKeys:
         values = _read_env_file(self.config.demo_keys_file)
-        return DemoKeys(submit=values["FEEDBACKBOT_SUBMIT_KEY"], admin=values["FEEDBACKBOT_ADMIN_KEY"])
+        return DemoKeys(
+            submit=values["FEEDBACKBOT_SUBMIT_KEY"],
+            admin=values["FEEDBACKBOT_ADMIN_KEY"],
+            analyst=values.get("FEEDBACKBOT_ANALYST_KEY", ""),
+        )
 
     def ray_environment(self) -> dict[str, str]:
         """Return the environment for Ray processes and Ray CLI calls of this instance."""
@@ -213,22 +237,37 @@ class Service:
         self._progress(f"[{elapsed:6.1f} s] {message}")
 
     def _ensure_keys(self) -> DemoKeys:
-        if self.config.demo_keys_file.exists() and self.config.keys_file.exists():
-            return self.read_demo_keys()
+        """Create each missing demo key in the key store and write all of them to demo-keys.env.
 
-        keys = DemoKeys(submit=new_api_key(), admin=new_api_key())
-        self.config.data_dir.mkdir(parents=True, exist_ok=True)
-        _write_private(
-            self.config.keys_file,
-            "# API keys of the gateway: one 'ROLE KEY' line each; roles are submit and admin.\n"
-            f"submit {keys.submit}\nadmin {keys.admin}\n",
-        )
-        _write_private(
-            self.config.demo_keys_file,
-            f"FEEDBACKBOT_SUBMIT_KEY={keys.submit}\nFEEDBACKBOT_ADMIN_KEY={keys.admin}\n",
-        )
-        self._say(f"Created demo API keys in {self.config.demo_keys_file}")
-        return keys
+        A plain api-keys.txt of older versions is imported into the store first, which
+        stores only the hashes of its keys and deletes the file.
+        """
+        store = KeyStore(self.config.keys_file)
+        legacy_file = self.config.data_dir / LEGACY_KEYS_FILE_NAME
+        created = []
+        try:
+            if legacy_file.exists():
+                imported = store.import_plain(legacy_file)
+                self._say(f"Imported {len(imported)} API keys from {legacy_file} into {store.path} as hashes, and deleted {legacy_file}")
+
+            values = {}
+            # Demo keys from before the store existed are unknown to the gateway, so they are replaced.
+            if store.exists() and self.config.demo_keys_file.exists():
+                values = _read_env_file(self.config.demo_keys_file)
+            for role, variable in DEMO_KEY_VARIABLES.items():
+                if not values.get(variable):
+                    _, values[variable] = store.create(role, label="demo key of make run")
+                    created.append(role)
+        except KeyStoreError as error:
+            raise ServiceError(f"Cannot prepare the demo API keys: {error}") from error
+
+        if created:
+            _write_private(
+                self.config.demo_keys_file,
+                "".join(f"{variable}={values[variable]}\n" for variable in DEMO_KEY_VARIABLES.values()),
+            )
+            self._say(f"Created demo API keys for {', '.join(created)} in {store.path} and {self.config.demo_keys_file}")
+        return self.read_demo_keys()
 
     def _ensure_token(self) -> None:
         if not self.config.token_file.exists():
@@ -268,7 +307,12 @@ class Service:
             return
 
         ports = self.config.ports
-        for port, name in ((ports.ray_gcs, "Ray GCS"), (ports.dashboard, "Ray dashboard"), (ports.serve, "Serve HTTP")):
+        for port, name in (
+            (ports.ray_gcs, "Ray GCS"),
+            (ports.dashboard, "Ray dashboard"),
+            (ports.serve, "Serve HTTP"),
+            (ports.metrics_export, "Ray metrics export"),
+        ):
             _require_free_port(port, name)
 
         command = [
@@ -282,6 +326,7 @@ class Service:
             "--dashboard-port", str(ports.dashboard),
             "--ray-client-server-port", str(ports.ray_client),
             "--dashboard-agent-listen-port", str(ports.dashboard_agent),
+            "--metrics-export-port", str(ports.metrics_export),
             "--temp-dir", str(self.config.ray_temp_dir),
             "--object-store-memory", str(self.config.object_store_bytes),
             "--disable-usage-stats",
@@ -470,7 +515,9 @@ class Service:
             FEEDBACKBOT_UPSTREAM=f"127.0.0.1:{self.config.ports.serve}",
             FEEDBACKBOT_RATE_PER_KEY_RPS=str(self.config.rate_per_key_rps),
             FEEDBACKBOT_RATE_BURST=str(self.config.rate_burst),
+            FEEDBACKBOT_PYTHON=sys.executable,
         )
+        env.update(self.config.gateway_environment)
         result = subprocess.run(
             [str(PROJECT_ROOT / "gateway" / "start.sh"), action], env=env, capture_output=True, text=True
         )
@@ -546,15 +593,6 @@ class Service:
         except (FileNotFoundError, ValueError):
             return None
         return pid if _is_alive(pid) else None
-
-
-def new_api_key() -> str:
-    """Return a new random API key.
-
-    The prefix makes keys easy to spot in leaked text, and keeps a key from starting with
-    "-", which command-line parsers would take for an option.
-    """
-    return "fbk_" + secrets.token_urlsafe(24)
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -649,6 +687,7 @@ feedbackbot is running.
 
   Gateway:     {config.gateway_url}   (send X-API-Key)
   Submit key:  {keys.submit}
+  Analyst key: {keys.analyst or "none yet: run 'make stop' and 'make run' to create one"}
   Admin key:   {keys.admin}
                (also in {config.demo_keys_file}: source it in a shell)
   Database:    {config.db_path}
@@ -657,6 +696,7 @@ feedbackbot is running.
                Ray uses token authentication: paste the token from
                {config.token_file} into the dashboard's login prompt. For Ray CLI calls, set
                RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={config.token_file}
+  Metrics:     {config.metrics_url}   (Prometheus; see docs/operations.md)
 
 Try it:
   . {config.demo_keys_file}

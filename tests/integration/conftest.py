@@ -23,7 +23,8 @@ import duckdb
 import httpx
 import pytest
 
-from feedbackbot.service import Ports, Service, ServiceConfig, _is_alive, _process_tree, new_api_key
+from feedbackbot.keys import KeyStore
+from feedbackbot.service import Ports, Service, ServiceConfig, _is_alive, _process_tree
 
 # Outside Ray's worker port range (10002-19999) and away from `make run`'s defaults.
 TEST_PORTS = Ports(
@@ -34,6 +35,7 @@ TEST_PORTS = Ports(
     ray_client=20001,
     dashboard_agent=52366,
     mail=22525,
+    metrics_export=28090,
     haproxy_stats=28404,
     haproxy_metrics=29101,
     direct_http_first=23000,
@@ -45,12 +47,19 @@ DEAD_TARGET_URL = "mailto://127.0.0.1:9?from=feedback@feedbackbot.localhost&to=n
 ADMIN_ADDRESS = "admin@feedbackbot.localhost"
 RATE_PER_KEY_RPS = 50
 RATE_BURST = 100
+# Only the analyst role has a limit per client address, low enough for a test to reach it.
+# Tests that use analyst keys from 127.0.0.1 send only a few requests.
+ANALYST_RATE_PER_ADDRESS_RPS = 2
+ANALYST_RATE_PER_ADDRESS_BURST = 10
+CORS_ORIGIN = "https://forms.feedbackbot.localhost"
 
 
 @dataclass
 class Keys:
     submit: str
     admin: str
+    analyst: str
+    analyst_other: str = field(repr=False)
     rate_limited: str = field(repr=False)
     chaos: str = field(repr=False)
 
@@ -71,6 +80,9 @@ class Stack:
     rejected_markers: list[str] = field(default_factory=list)
     mailed_once: set[str] = field(default_factory=set)
     chaos_ids: set[str] = field(default_factory=set)
+    # Feedback deleted through POST /v1/admin/privacy/erase: absent from the database, but
+    # its confirmation may have been mailed before the erasure.
+    erased_ids: set[str] = field(default_factory=set)
 
     def client(self, key: str | None = None, **kwargs: Any) -> httpx.Client:
         headers = {"X-API-Key": key} if key else {}
@@ -169,17 +181,18 @@ def stack() -> Iterator[Stack]:
     # mkdtemp makes the folder private to root, but the gateway's workers run as the user
     # `nobody` and must reach their temp folders inside it to buffer large bodies.
     data_dir.chmod(0o755)
+    store = KeyStore(data_dir / "api-keys.json")
     keys = Keys(
-        submit=new_api_key(),
-        admin=new_api_key(),
-        rate_limited=new_api_key(),
-        chaos=new_api_key(),
-    )
-    (data_dir / "api-keys.txt").write_text(
-        f"submit {keys.submit}\nadmin {keys.admin}\nsubmit {keys.rate_limited}\nsubmit {keys.chaos}\n"
+        submit=store.create("submit", "tests")[1],
+        admin=store.create("admin", "tests")[1],
+        analyst=store.create("analyst", "tests")[1],
+        analyst_other=store.create("analyst", "tests: second analyst")[1],
+        rate_limited=store.create("submit", "tests: rate limit")[1],
+        chaos=store.create("submit", "tests: chaos")[1],
     )
     (data_dir / "demo-keys.env").write_text(
-        f"FEEDBACKBOT_SUBMIT_KEY={keys.submit}\nFEEDBACKBOT_ADMIN_KEY={keys.admin}\n"
+        f"FEEDBACKBOT_SUBMIT_KEY={keys.submit}\nFEEDBACKBOT_ANALYST_KEY={keys.analyst}\n"
+        f"FEEDBACKBOT_ADMIN_KEY={keys.admin}\n"
     )
 
     sink = f"mailto://127.0.0.1:{TEST_PORTS.mail}?from={MAIL_FROM}"
@@ -208,6 +221,11 @@ def stack() -> Iterator[Stack]:
         },
         rate_per_key_rps=RATE_PER_KEY_RPS,
         rate_burst=RATE_BURST,
+        gateway_environment={
+            "FEEDBACKBOT_RATE_PER_ADDRESS_RPS_ANALYST": str(ANALYST_RATE_PER_ADDRESS_RPS),
+            "FEEDBACKBOT_RATE_PER_ADDRESS_BURST_ANALYST": str(ANALYST_RATE_PER_ADDRESS_BURST),
+            "FEEDBACKBOT_CORS_ORIGIN": CORS_ORIGIN,
+        },
         fast_ingress=os.environ.get("FEEDBACKBOT_FAST_INGRESS", "0") == "1",
     )
     service = Service(config)

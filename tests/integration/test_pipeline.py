@@ -424,7 +424,7 @@ def test_each_confirmation_mailed_once(stack: Stack, capsys: pytest.CaptureFixtu
     with capsys.disabled():
         print(f"\nconfirmations: {len(confirmations)} feedback, {len(repeated)} mailed more than once")
     assert stack.mailed_once <= set(stack.accepted)
-    assert set(confirmations) == set(stack.accepted)
+    assert set(confirmations) - stack.erased_ids == set(stack.accepted)
     assert set(repeated) <= stack.chaos_ids
 
 
