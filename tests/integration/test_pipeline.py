@@ -267,6 +267,8 @@ def test_duckdb_holds_exactly_accepted_rows(stack: Stack) -> None:
         if expected["request_id"] is not None:
             assert request_id == expected["request_id"]
     assert len(rows) == len({row[0] for row in rows})
+    unexpected = [stored[feedback_id] for feedback_id in set(stored) - set(stack.accepted)]
+    assert unexpected == [], "rows stored that no test recorded as accepted"
     assert len(rows) == len(stack.accepted)
 
 
