@@ -520,10 +520,11 @@ class FeedbackStore:
         return {"pending": pending, "given_up": given_up}
 
     def list_outbox(self, *, status: str, limit: int) -> list[OutboxEntry]:
-        """Return up to `limit` outbox entries with this status, oldest first."""
+        """Return up to `limit` outbox entries with this status, newest first, so that a
+        long history of dead entries cannot hide the latest ones."""
         try:
             rows = self._connection.execute(
-                f"SELECT {', '.join(OUTBOX_COLUMNS)} FROM outbox WHERE status = ? ORDER BY created_at LIMIT ?",
+                f"SELECT {', '.join(OUTBOX_COLUMNS)} FROM outbox WHERE status = ? ORDER BY created_at DESC LIMIT ?",
                 [status, limit],
             ).fetchall()
         except duckdb.Error as error:
