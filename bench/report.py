@@ -438,7 +438,12 @@ def _snapshot_cost(results: dict[str, Any]) -> list[str]:
     rows = []
     for pair in snapshot_cost_rows(results):
         drop = pair["drop"]
-        verdict = "–" if drop is None else ("met" if drop <= SNAPSHOT_DROP_TARGET else "missed")
+        if drop is None:
+            verdict = "–"
+        elif drop <= SNAPSHOT_DROP_TARGET:
+            verdict = "met"
+        else:
+            verdict = "missed"
         rows.append([
             pair["setting"],
             format_number(pair["with"]["items_per_s"]),

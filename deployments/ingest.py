@@ -172,7 +172,7 @@ class Ingest:
         The API passes the Idempotency-Key header's claim, the web form its form key's claim.
         """
         # The id is drawn before validation so that every deployment's log lines of this
-        # request can name it; it is used only when the submission is valid.
+        # request can name it. It is used only when the submission is valid.
         feedback_id = uuid.uuid4()
         try:
             result: ValidationResult = await await_within(

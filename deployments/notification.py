@@ -117,7 +117,7 @@ class Notification:
         poll_s = self._settings.notify_poll_interval_s
         while not self._stopping:
             try:
-                # Persistence holds the call for up to poll_s until a commit adds entries.
+                # Persistence returns after at most poll_s, or sooner when a commit adds entries.
                 # Entries of held-back targets stay in the outbox, so an open circuit costs no claims.
                 claimed: list[ClaimedNotification] = await self._persistence.claim_notifications.remote(
                     CLAIM_BATCH_SIZE, self._settings.notify_lease_s, self._breaker.held_back(), poll_s

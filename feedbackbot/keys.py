@@ -324,7 +324,7 @@ def reload_gateway(gateway_dir: Path, timeout_s: float = RELOAD_TIMEOUT_S) -> in
         pid = int(pid_file.read_text().strip())
     except (FileNotFoundError, ValueError):
         return None
-    if not _is_alive(pid):
+    if not is_alive(pid):
         return None
 
     old_workers = _children(pid)
@@ -462,14 +462,20 @@ def _write_atomically(path: Path, text: str, mode: int) -> None:
         os.close(directory)
 
 
-def _is_alive(pid: int) -> bool:
+def is_alive(pid: int) -> bool:
+    """Return whether process `pid` runs: it exists and is not a zombie."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    # A zombie has exited but still accepts signal 0.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
 
 
 def _accepting(workers: set[int]) -> set[int]:

@@ -28,6 +28,7 @@ import yaml
 
 from feedbackbot.errors import KeyStoreError, ServiceError
 from feedbackbot.keys import LEGACY_KEYS_FILE_NAME, KeyStore, new_api_key  # noqa: F401 (new_api_key is re-exported)
+from feedbackbot.keys import is_alive as _is_alive
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OBJECT_STORE_BYTES = 256 * 1024 * 1024
@@ -609,21 +610,6 @@ def _read_env_file(path: Path) -> dict[str, str]:
         if separator and not line.lstrip().startswith("#"):
             values[key.strip()] = value.strip()
     return values
-
-
-def _is_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie has exited but still accepts signal 0.
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
-        return False
-    return state != "Z"
 
 
 def _kill_quietly(pid: int, signum: int) -> None:

@@ -47,7 +47,7 @@ class NotifySettings(BaseModel):
         default=1.0,
         gt=0,
         le=60,
-        description="Longest wait of an idle sender's claim for new outbox entries, in seconds; a commit ends it sooner.",
+        description="Maximum wait of an idle sender's claim for new outbox entries, in seconds. A commit ends the wait sooner.",
     )
     notify_lease_s: float = Field(
         default=120.0,

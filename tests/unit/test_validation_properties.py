@@ -1,7 +1,7 @@
 """Property tests of submission validation against an independent statement of the README rules.
 
 Each test draws payloads with hypothesis and compares `validate_submission` with `expected_outcome`,
-which restates the rules without pydantic: every input is either accepted and stored exactly as
+which restates the rules without pydantic. Every input is either accepted and stored exactly as
 the rules require, or rejected with an error that names each bad field and gives a reason.
 
 Two details of the rules are pinned here because the README only says "trimmed" and "characters":
