@@ -57,6 +57,7 @@ from feedbackbot.errors import SnapshotError, SnapshotQueryError
 from feedbackbot.settings import resolve_path
 from feedbackbot.snapshot_manifest import Manifest, read_manifest
 from feedbackbot.snapshot_settings import DEFAULT_SNAPSHOT_DIR
+from feedbackbot.snapshots import view_columns
 
 logger = logging.getLogger(__name__)
 
@@ -168,9 +169,12 @@ def _define_views(connection: duckdb.DuckDBPyConnection, folder: Path, manifest:
         # The relation API embeds and quotes the paths itself: CREATE VIEW cannot take
         # prepared parameters.
         versions = connection.read_parquet([str(folder / f.path) for f in files], union_by_name=True)
+        # view_columns casts columns that the files store in a narrower type back to the
+        # database's type, so the views show the types that docs/schema.md lists.
         newest = versions.query(
             "versions",
-            "SELECT * FROM versions QUALIFY row_number() OVER (PARTITION BY id ORDER BY change_seq DESC) = 1",
+            f"SELECT {view_columns(table)} FROM versions "
+            "QUALIFY row_number() OVER (PARTITION BY id ORDER BY change_seq DESC) = 1",
         )
         newest.create_view(view, replace=True)
 

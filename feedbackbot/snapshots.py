@@ -121,6 +121,41 @@ TEMP_SUFFIX = ".tmp"
 TABLES = ("feedback", "outbox")
 CHANGE_SEQUENCE = "change_seq"
 
+# Options of every COPY that writes a snapshot file. PARQUET_VERSION V2 lets DuckDB 2.0 write
+# DELTA_BINARY_PACKED integers and timestamps, DELTA_LENGTH_BYTE_ARRAY strings and
+# BYTE_STREAM_SPLIT floats. On 400,000 rows from bench/snapshot_scale_data.py, spaced as in
+# its 10 million row run, that cut the compacted files from 196.5 to 188.8 bytes per feedback
+# row, outbox included, with no measurable change in the CPU time of the copy.
+PARQUET_OPTIONS = "FORMAT parquet, COMPRESSION zstd, PARQUET_VERSION V2"
+
+# Columns that the files store in a narrower type than the database, per table, as
+# column -> (type in the files, type in the database). `feedbackbot.analysis` casts them
+# back. Files written before the narrowing hold the database type, and read_parquet with
+# union_by_name widens the column to it when it reads them together with newer files.
+# The sentiment models compute scores in float32, so FLOAT keeps them exactly, and it
+# saved a further 3.5 bytes per row in the same measurement.
+NARROWED_COLUMNS: dict[str, dict[str, tuple[str, str]]] = {
+    "feedback": {"sentiment_score": ("FLOAT", "DOUBLE")},
+    "outbox": {},
+}
+
+
+def file_columns(table: str) -> str:
+    """Return the select list that converts the rows of `table` to the column types of the snapshot files."""
+    casts = [
+        f"CAST({column} AS {file_type}) AS {column}" for column, (file_type, _) in NARROWED_COLUMNS[table].items()
+    ]
+    return f"* REPLACE ({', '.join(casts)})" if casts else "*"
+
+
+def view_columns(table: str) -> str:
+    """Return the select list that converts rows read from the snapshot files of `table` to the database's types."""
+    casts = [
+        f"CAST({column} AS {view_type}) AS {column}" for column, (_, view_type) in NARROWED_COLUMNS[table].items()
+    ]
+    return f"* REPLACE ({', '.join(casts)})" if casts else "*"
+
+
 # Maximum sleep of the idle compaction thread before it looks for expired files again.
 IDLE_CHECK_S = 60.0
 # Maximum wait before the compaction thread retries after a failure.
@@ -911,11 +946,13 @@ class SnapshotPublisher:
 
     def _merge(self, connection: duckdb.DuckDBPyConnection, plan: _CompactionPlan, temp: Path) -> int:
         paths = [str(self.folder / snapshot_file.path) for snapshot_file in plan.inputs]
-        # union_by_name: files written before a schema migration lack the new columns.
+        # union_by_name: files written before a schema migration lack the new columns, and it
+        # widens a narrowed column to the type of files written before the narrowing.
+        # `plan.table` comes from TABLES, so file_columns builds SQL from constants only.
         rows = connection.execute(
-            "COPY (SELECT * FROM read_parquet(?, union_by_name = true) "
+            f"COPY (SELECT {file_columns(plan.table)} FROM read_parquet(?, union_by_name = true) "
             "QUALIFY row_number() OVER (PARTITION BY id ORDER BY change_seq DESC) = 1 ORDER BY change_seq) "
-            "TO ? (FORMAT parquet, COMPRESSION zstd)",
+            f"TO ? ({PARQUET_OPTIONS})",
             [paths, str(temp)],
         ).fetchall()
         return int(rows[0][0])
@@ -1212,8 +1249,8 @@ def _copy_changes(connection: duckdb.DuckDBPyConnection, table: str, after: int,
     """
     # `table` comes from TABLES, never from input, because a table name cannot be a parameter.
     rows = connection.execute(
-        f"COPY (SELECT * FROM {table} WHERE change_seq > ? AND change_seq <= ? ORDER BY change_seq) "
-        "TO ? (FORMAT parquet, COMPRESSION zstd)",
+        f"COPY (SELECT {file_columns(table)} FROM {table} WHERE change_seq > ? AND change_seq <= ? "
+        f"ORDER BY change_seq) TO ? ({PARQUET_OPTIONS})",
         [after, latest, str(temp)],
     ).fetchall()
     return int(rows[0][0])

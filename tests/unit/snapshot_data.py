@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import struct
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -53,6 +54,11 @@ def make_record(**changes: object) -> FeedbackRecord:
 
 def sentiment(label: str, score: float) -> Sentiment:
     return Sentiment(label=label, score=score, model_version="test-model")
+
+
+def as_float32(value: float) -> float:
+    """Return `value` rounded to the nearest float32, as the snapshot files store sentiment scores."""
+    return struct.unpack("f", struct.pack("f", value))[0]
 
 
 def expected_label(rating: int) -> str:

@@ -18,7 +18,14 @@ from feedbackbot.snapshot_settings import SnapshotSettings
 from feedbackbot.snapshots import FULL_COPY_MARKER_NAME, TEMP_SUFFIX, SnapshotPublisher
 from feedbackbot.store import FeedbackStore
 from models.feedback import DeliveryResult
-from tests.unit.snapshot_data import START, fill_store, make_record, owed_notifications, sentiment
+from tests.unit.snapshot_data import (
+    START,
+    as_float32,
+    fill_store,
+    make_record,
+    owed_notifications,
+    sentiment,
+)
 
 READER_DEADLINE_S = 60.0
 
@@ -219,7 +226,7 @@ def test_late_sentiment_shows_newest_version(store: FeedbackStore, publisher: Sn
         rows = connection.execute(
             "SELECT sentiment_label, sentiment_score, enrichment_attempts, enrichment_error FROM feedback"
         ).fetchall()
-    assert rows == [("negative", 0.12, 2, None)]
+    assert rows == [("negative", as_float32(0.12), 2, None)]
     assert sum(f.rows for f in read_manifest(folder).files("feedback")) == 3
 
 
@@ -381,6 +388,66 @@ def test_compaction_keeps_newest_version(store: FeedbackStore, publisher: Snapsh
         [(record.id, "positive", 2) for record in waiting[:2]] + [(record.id, None, 1) for record in waiting[2:]]
     )
     assert rows == expected
+
+
+def physical_types(path: Path) -> dict[str, str]:
+    """Return column -> Parquet physical type of one file."""
+    rows = duckdb.execute("SELECT name, type FROM parquet_schema(?) WHERE type IS NOT NULL", [str(path)]).fetchall()
+    return dict(rows)
+
+
+def encodings(path: Path, column: str) -> set[str]:
+    rows = duckdb.execute(
+        "SELECT DISTINCT encodings FROM parquet_metadata(?) WHERE path_in_schema = ?", [str(path), column]
+    ).fetchall()
+    return {row[0] for row in rows}
+
+
+def test_every_copy_writes_file_types(store: FeedbackStore, publisher: SnapshotPublisher, folder: Path) -> None:
+    store.insert_many([make_record()])
+    full = publisher.publish(connection_of(store))
+    store.insert_many([make_record()])
+    delta = publisher.publish(connection_of(store))
+    compaction = publisher.compact(force=True)
+
+    written = [full.files[0], delta.files[0], *(path for path in compaction.files if path.startswith("feedback/"))]
+    assert len(written) == 3
+    for relative in written:
+        assert physical_types(folder / relative)["sentiment_score"] == "FLOAT", relative
+        # PARQUET_VERSION V2: integers are delta-encoded.
+        assert encodings(folder / relative, "change_seq") == {"DELTA_BINARY_PACKED"}, relative
+
+
+def test_old_style_file_reads_with_new(store: FeedbackStore, publisher: SnapshotPublisher, folder: Path) -> None:
+    old = make_record(sentiment_label="negative", sentiment_score=0.123456789)
+    store.insert_many([old])
+    full = publisher.publish(connection_of(store))
+    # Rewrite the base as the publisher did before it narrowed sentiment_score: DOUBLE, Parquet V1.
+    connection_of(store).execute(
+        "COPY (SELECT * FROM feedback ORDER BY change_seq) TO ? (FORMAT parquet, COMPRESSION zstd)",
+        [str(folder / full.files[0])],
+    )
+    new = make_record(sentiment_label="positive", sentiment_score=0.87)
+    store.insert_many([new])
+    delta = publisher.publish(connection_of(store))
+    assert physical_types(folder / full.files[0])["sentiment_score"] == "DOUBLE"
+    assert physical_types(folder / delta.files[0])["sentiment_score"] == "FLOAT"
+
+    with analysis.connect(folder) as connection:
+        score_type = connection.execute(
+            "SELECT data_type FROM information_schema.columns WHERE table_name = 'feedback' AND column_name = ?",
+            ["sentiment_score"],
+        ).fetchall()
+        mixed = dict(connection.execute("SELECT id, sentiment_score FROM feedback").fetchall())
+    publisher.compact(force=True)
+    with analysis.connect(folder) as connection:
+        compacted = dict(connection.execute("SELECT id, sentiment_score FROM feedback").fetchall())
+
+    assert score_type == [("DOUBLE",)]
+    assert mixed == {old.id: 0.123456789, new.id: as_float32(0.87)}
+    # Compaction rewrites the old file's score as FLOAT too.
+    assert compacted == {old.id: as_float32(0.123456789), new.id: as_float32(0.87)}
+    assert abs(compacted[old.id] - 0.123456789) < 3e-8
 
 
 def test_compaction_waits_for_threshold(store: FeedbackStore, publisher: SnapshotPublisher, folder: Path) -> None:
