@@ -10,10 +10,11 @@ from uuid import UUID
 from ray import serve
 
 from feedbackbot.errors import EnrichmentError
+from feedbackbot.logcontext import as_request
 from feedbackbot.metrics import EnrichmentMetrics
 from feedbackbot.sentiment import SentimentModel, label_for_score
 from feedbackbot.settings import EnrichmentSettings, load_settings
-from models.feedback import Sentiment
+from models.feedback import Sentiment, TextToScore
 
 logger = logging.getLogger("ray.serve")
 
@@ -55,6 +56,19 @@ class Enrichment:
                 "Scored feedback %s: %s (%.2f)", feedback_id, label, score, extra={"feedback_id": str(feedback_id)}
             )
         return Sentiment(label=label, score=score, model_version=self._model.version)
+
+    async def analyze_each(self, items: list[TextToScore]) -> list[Sentiment]:
+        """Return the sentiment of each text of a group of concurrent single submissions, in order.
+
+        Ingest groups them to save calls. The texts join the same model batches as `analyze`
+        calls, and each log line carries its own item's request id.
+        """
+
+        async def analyze_one(item: TextToScore) -> Sentiment:
+            with as_request(item.request_id):
+                return await self.analyze(item.text, item.feedback_id)
+
+        return list(await asyncio.gather(*(analyze_one(item) for item in items)))
 
     async def analyze_many(self, texts: list[str]) -> list[Sentiment]:
         """Return the sentiment of each text of a submitted batch, in order.

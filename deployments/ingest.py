@@ -1,9 +1,10 @@
 """Ingest deployment: the FastAPI ingress of the feedback graph.
 
 `POST /v1/feedback` returns 201 only after the row is committed in DuckDB. The request goes
-validation -> enrichment -> persistence through deployment handles, and the sentiment
-response is passed straight into the persistence call so that Serve chains the two.
-Notifications are queued after the commit and never delay or fail the response.
+validation -> enrichment -> persistence through deployment handles. Concurrent single
+submissions share those calls: `@serve.batch` methods of this class collect them into groups
+and make one call per group and stage. Notifications are queued after the commit and never
+delay or fail the response.
 """
 
 
@@ -22,7 +23,7 @@ from ray.serve.handle import DeploymentHandle
 
 from feedbackbot.errors import EnrichmentError, StoreError, error_summary
 from feedbackbot.metrics import IngestMetrics
-from feedbackbot.settings import StageTimeouts
+from feedbackbot.settings import BatchSettings, StageTimeouts, load_settings
 from feedbackbot.http_api import (
     ERROR_RESPONSES,
     HEALTH_RESPONSES,
@@ -61,6 +62,8 @@ from models.feedback import (
     FieldError,
     StoredFeedback,
     StoreOutcome,
+    SubmissionToCheck,
+    TextToScore,
     ValidationResult,
 )
 
@@ -70,6 +73,10 @@ MAX_BODY_BYTES = 64 * 1024
 MAX_BATCH_BODY_BYTES = 4 * 1024 * 1024
 HEALTH_TIMEOUT_S = 5.0
 RETRY_AFTER_S = 5
+# Default size and wait of the groups of single submissions. The `user_config` of Ingest
+# overrides them.
+GROUP_MAX_SIZE = 32
+GROUP_WAIT_S = 0.002
 JSON_TYPE = "application/json"
 FORM_TYPE = "application/x-www-form-urlencoded"
 
@@ -174,10 +181,11 @@ class Ingest:
         # The id is drawn before validation so that every deployment's log lines of this
         # request can name it. It is used only when the submission is valid.
         feedback_id = uuid.uuid4()
+        to_check = SubmissionToCheck(
+            payload=payload, from_form=from_form, feedback_id=feedback_id, request_id=request_id_of(request)
+        )
         try:
-            result: ValidationResult = await await_within(
-                self._validation.validate.remote(payload, from_form, feedback_id), self._timeouts.validation_timeout_s
-            )
+            result: ValidationResult = await self._validate_together(to_check)
         except (asyncio.TimeoutError, BackPressureError, ray.exceptions.RayError) as error:
             logger.error("Validation failed or timed out: %s", error_summary(error))
             return self._unavailable(request, "The feedback could not be checked right now and was not kept")
@@ -199,9 +207,7 @@ class Ingest:
             if claim is not None:
                 # A retry gets its response here without running the model. The commit checks the
                 # key again, which covers repeats that arrive at the same time.
-                earlier: StoreOutcome | None = await await_within(
-                    self._persistence.find_claim.remote(claim), persistence_timeout_s
-                )
+                earlier: StoreOutcome | None = await self._find_claims_together(claim)
                 if earlier is not None:
                     return self._answer_repeat(request, earlier, claim)
 
@@ -213,9 +219,7 @@ class Ingest:
                 idempotency=claim,
             )
             sentiment = await self._score(accepted)
-            outcome: StoreOutcome = await await_within(
-                self._persistence.store.remote(accepted, sentiment), persistence_timeout_s
-            )
+            outcome: StoreOutcome = await self._store_together((accepted, sentiment))
         except asyncio.TimeoutError:
             logger.error("The commit took longer than %.1f s; its outcome is unknown", persistence_timeout_s)
             return self._unavailable(
@@ -241,10 +245,11 @@ class Ingest:
     async def _score(self, accepted: AcceptedSubmission) -> Sentiment | None:
         """Return the sentiment, or None when the model fails or is too slow; the row is then scored later."""
         timeout_s = self._timeouts.enrichment_timeout_s
+        to_score = TextToScore(
+            text=accepted.submission.feedback_text, feedback_id=accepted.id, request_id=accepted.request_id
+        )
         try:
-            return await await_within(
-                self._enrichment.analyze.remote(accepted.submission.feedback_text, accepted.id), timeout_s
-            )
+            return await self._score_together(to_score)
         except asyncio.TimeoutError:
             problem = f"took longer than {timeout_s:g} s"
         except (EnrichmentError, BackPressureError, ray.exceptions.RayError) as error:
@@ -255,6 +260,40 @@ class Ingest:
             extra={"feedback_id": str(accepted.id)},
         )  # fmt: skip
         return None
+
+    # Concurrent single submissions go to each deployment in groups, one call per group, as
+    # a submitted batch does, because Ray's RPC and Serve's routing were the largest CPU cost
+    # of this replica in the profile of `make bench`. A group call has the time limit of a
+    # single call. When it fails, every submission of the group gets the error. The group
+    # size and wait come from the `user_config` of Ingest (see reconfigure).
+
+    @serve.batch(max_batch_size=GROUP_MAX_SIZE, batch_wait_timeout_s=GROUP_WAIT_S)
+    async def _validate_together(self, items: list[SubmissionToCheck]) -> list[ValidationResult]:
+        return await await_within(self._validation.validate_each.remote(items), self._timeouts.validation_timeout_s)
+
+    @serve.batch(max_batch_size=GROUP_MAX_SIZE, batch_wait_timeout_s=GROUP_WAIT_S)
+    async def _find_claims_together(self, claims: list[IdempotencyClaim]) -> list[StoreOutcome | None]:
+        return await await_within(self._persistence.find_claims.remote(claims), self._timeouts.persistence_timeout_s)
+
+    # Two groups may be in flight, so that the next one already waits in the replica when the
+    # model or the writer finishes the first.
+    @serve.batch(max_batch_size=GROUP_MAX_SIZE, batch_wait_timeout_s=GROUP_WAIT_S, max_concurrent_batches=2)
+    async def _score_together(self, items: list[TextToScore]) -> list[Sentiment]:
+        return await await_within(self._enrichment.analyze_each.remote(items), self._timeouts.enrichment_timeout_s)
+
+    @serve.batch(max_batch_size=GROUP_MAX_SIZE, batch_wait_timeout_s=GROUP_WAIT_S, max_concurrent_batches=2)
+    async def _store_together(
+        self, items: list[tuple[AcceptedSubmission, Sentiment | None]]
+    ) -> list[StoreOutcome]:
+        return await await_within(self._persistence.store_each.remote(items), self._timeouts.persistence_timeout_s)
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Apply the group size and wait of single submissions from user_config without a restart."""
+        settings = load_settings(BatchSettings, user_config)
+        for grouped in (self._validate_together, self._find_claims_together, self._score_together, self._store_together):
+            grouped.set_max_batch_size(settings.max_batch_size)
+            grouped.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
+        logger.info("Applied ingest settings %s", settings.model_dump())
 
     def _unavailable(self, request: Request, problem: str, *, same_key: bool = False) -> JSONResponse:
         """Return the retryable 503 in the common error shape."""

@@ -22,6 +22,7 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from feedbackbot.errors import EnrichmentError, SnapshotError, StoreError, error_summary
+from feedbackbot.logcontext import as_request
 from feedbackbot.metrics import OUTBOX_GAUGE_INTERVAL_S, PersistenceMetrics, timed_call
 from feedbackbot.notify import NotificationPolicy
 from feedbackbot.settings import BatchSettings, EnrichmentRetrySettings, RetentionSettings, load_settings, resolve_path
@@ -115,6 +116,19 @@ class Persistence:
             logger.info("Committed feedback %s", record.id, extra={"feedback_id": str(record.id)})
         return outcome
 
+    async def store_each(self, items: list[tuple[AcceptedSubmission, Sentiment | None]]) -> list[StoreOutcome]:
+        """Commit a group of concurrent single submissions, in order; returns after the commits.
+
+        Ingest groups them to save calls. The items join the same transactions as `store`
+        calls, and each log line carries its own item's request id.
+        """
+
+        async def store_one(accepted: AcceptedSubmission, sentiment: Sentiment | None) -> StoreOutcome:
+            with as_request(accepted.request_id):
+                return await self.store(accepted, sentiment)
+
+        return list(await asyncio.gather(*(store_one(accepted, sentiment) for accepted, sentiment in items)))
+
     def _record(self, accepted: AcceptedSubmission, sentiment: Sentiment | None) -> FeedbackRecord:
         submission = accepted.submission
         record = FeedbackRecord(
@@ -153,13 +167,6 @@ class Persistence:
         window_s = self._idempotency_window_s
         return await self._run(
             lambda: [self._store.find_claim(claim, now=now, idempotency_window_s=window_s) for claim in claims]
-        )
-
-    async def find_claim(self, claim: IdempotencyClaim) -> StoreOutcome | None:
-        """Return the outcome of an earlier use of this Idempotency-Key, or None."""
-        now = datetime.now(timezone.utc)
-        return await self._run(
-            lambda: self._store.find_claim(claim, now=now, idempotency_window_s=self._idempotency_window_s)
         )
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)

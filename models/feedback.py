@@ -130,6 +130,23 @@ class ValidationResult(BaseModel):
     errors: list[FieldError] = Field(default_factory=list)
 
 
+class SubmissionToCheck(BaseModel):
+    """One decoded body in a group of concurrent single submissions that ingest validates together."""
+
+    payload: Any = Field(description="The decoded JSON object or form fields, not yet checked.")
+    from_form: bool = Field(default=False, description="True for a form post, which may send the rating as a digit string.")
+    feedback_id: UUID = Field(description="The id that the feedback gets when it is valid; log lines name it.")
+    request_id: str = Field(description="X-Request-ID from the gateway; log lines carry it.")
+
+
+class TextToScore(BaseModel):
+    """One feedback text in a group of concurrent single submissions that ingest scores together."""
+
+    text: str = Field(description="The feedback text.")
+    feedback_id: UUID = Field(description="Id of the feedback; log lines name it.")
+    request_id: str = Field(description="X-Request-ID from the gateway; log lines carry it.")
+
+
 class IdempotencyClaim(BaseModel):
     """A client's Idempotency-Key with the fingerprint of the submission it was sent with."""
 
