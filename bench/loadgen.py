@@ -4,6 +4,11 @@ request after another with httpx, for a fixed time.
 Each worker sends its next request as soon as it receives the response to the previous
 one, so the number of requests in flight stays at the concurrency. Requests still in flight at the deadline
 are awaited and counted, so the measured time includes that tail.
+
+A 429 or 503 is handled as a well-behaved client would: the worker waits for Retry-After
+(at most RETRY_AFTER_MAX_S) and sends the same request again, with the same
+Idempotency-Key. `submission_latencies_s` measures from the first try to the success, so
+the waits show there, while `ok_latencies_s` has the latency of the successful response.
 """
 
 from __future__ import annotations
@@ -25,6 +30,10 @@ from bench.workload import SINGLE_PATH, PlannedRequest, RequestFactory
 REQUEST_TIMEOUT_S = 60.0
 # Safety bound on the requests of one measurement, whatever its duration.
 MAX_REQUESTS = 200_000
+# Longest wait after a 429 or 503, whatever its Retry-After header requests. Without the header
+# the wait is RETRY_AFTER_DEFAULT_S.
+RETRY_AFTER_MAX_S = 5.0
+RETRY_AFTER_DEFAULT_S = 1.0
 
 
 @dataclass
@@ -40,6 +49,7 @@ class LoadResult:
     items_without_sentiment: int = 0
     statuses: Counter[str] = field(default_factory=Counter)
     ok_latencies_s: list[float] = field(default_factory=list)
+    submission_latencies_s: list[float] = field(default_factory=list)
     client_cpu_s: float = 0.0
 
     @property
@@ -54,13 +64,33 @@ class LoadResult:
         """Return the nearest-rank percentile of the successful requests' latency, in ms."""
         if not self.ok_latencies_s:
             return math.nan
-        ordered = sorted(self.ok_latencies_s)
-        rank = max(1, math.ceil(percentile / 100 * len(ordered)))
-        return ordered[rank - 1] * 1000
+        return nearest_rank_ms(self.ok_latencies_s, percentile)
+
+    def submission_latency_ms(self, percentile: float) -> float:
+        """Return the nearest-rank percentile of the time from a submission's first try to its success, in ms."""
+        return nearest_rank_ms(self.submission_latencies_s, percentile)
 
     def errors(self) -> dict[str, int]:
         """Return the count of each unsuccessful outcome: an HTTP status or a transport error."""
         return {outcome: count for outcome, count in sorted(self.statuses.items()) if not outcome.startswith("2")}
+
+
+def nearest_rank_ms(latencies_s: list[float], percentile: float) -> float:
+    """Return the nearest-rank percentile of `latencies_s` in ms, or NaN when it is empty."""
+    if not latencies_s:
+        return math.nan
+    ordered = sorted(latencies_s)
+    rank = max(1, math.ceil(percentile / 100 * len(ordered)))
+    return ordered[rank - 1] * 1000
+
+
+def retry_after_s(response: httpx.Response) -> float:
+    """Return the wait in seconds that the Retry-After header of a 429 or 503 requests, within bounds."""
+    try:
+        wait_s = float(response.headers.get("Retry-After", RETRY_AFTER_DEFAULT_S))
+    except ValueError:
+        wait_s = RETRY_AFTER_DEFAULT_S  # An HTTP date; the gateway and Serve send seconds.
+    return min(max(wait_s, 0.0), RETRY_AFTER_MAX_S)
 
 
 def count_items(planned: PlannedRequest, response: httpx.Response) -> tuple[int, int, int]:
@@ -116,8 +146,10 @@ async def run_load(
 
 
 async def _worker(client: httpx.AsyncClient, factory: RequestFactory, deadline: float, result: LoadResult) -> None:
+    retry: tuple[PlannedRequest, float] | None = None
     while time.perf_counter() < deadline and result.requests < MAX_REQUESTS:
-        planned = factory()
+        planned, first_sent_at = retry if retry is not None else (factory(), time.perf_counter())
+        retry = None
         result.requests += 1
         sent_at = time.perf_counter()
 
@@ -129,12 +161,17 @@ async def _worker(client: httpx.AsyncClient, factory: RequestFactory, deadline: 
 
         latency_s = time.perf_counter() - sent_at
         result.statuses[str(response.status_code)] += 1
+        if response.status_code in (429, 503):
+            await asyncio.sleep(min(retry_after_s(response), max(deadline - time.perf_counter(), 0.0)))
+            retry = (planned, first_sent_at)
+            continue
         if not response.is_success:
             continue
 
         accepted, rejected, without_sentiment = count_items(planned, response)
         result.ok += 1
         result.ok_latencies_s.append(latency_s)
+        result.submission_latencies_s.append(time.perf_counter() - first_sent_at)
         result.items_accepted += accepted
         result.items_rejected += rejected
         result.items_without_sentiment += without_sentiment

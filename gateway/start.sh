@@ -22,6 +22,10 @@
 #                                           pages that need no key (the feedback form at /, its
 #                                           assets, sign-in), 0 for no limit [5]
 #   FEEDBACKBOT_RATE_WEB_PER_ADDRESS_BURST  requests per client address allowed above that rate at once [50]
+#   FEEDBACKBOT_SUBMIT_MAX_IN_FLIGHT  POST /v1/feedback requests that the gateway passes on at
+#                                     once; more get an immediate 503 with Retry-After, 0 for no
+#                                     limit [16]. It bounds the time a submission spends queued.
+#   FEEDBACKBOT_BATCH_MAX_IN_FLIGHT   the same for POST /v1/feedback:batch [4]
 #   FEEDBACKBOT_CORS_ORIGIN        the web form's origin, e.g. https://forms.example.com, that may
 #                                  POST /v1/feedback from a browser; other origins get no CORS headers [none]
 #   FEEDBACKBOT_NJS_MODULE         Nginx's njs module, which hashes X-API-Key
@@ -51,6 +55,8 @@ address_burst=${FEEDBACKBOT_RATE_PER_ADDRESS_BURST:-100}
 cors_origin=${FEEDBACKBOT_CORS_ORIGIN:-}
 web_rate=${FEEDBACKBOT_RATE_WEB_PER_ADDRESS_RPS:-5}
 web_burst=${FEEDBACKBOT_RATE_WEB_PER_ADDRESS_BURST:-50}
+submit_in_flight=${FEEDBACKBOT_SUBMIT_MAX_IN_FLIGHT:-16}
+batch_in_flight=${FEEDBACKBOT_BATCH_MAX_IN_FLIGHT:-4}
 njs_module=${FEEDBACKBOT_NJS_MODULE:-/usr/lib/nginx/modules/ngx_http_js_module.so}
 nginx_bin=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
 if [[ -n ${FEEDBACKBOT_PYTHON:-} ]]; then
@@ -123,6 +129,22 @@ render_rate_limits() {
             "$web_rate" >> "$run_dir/limit-req-zones.conf.new"
         printf 'limit_req zone=web_address burst=%s nodelay;\n' "$web_burst" >> "$run_dir/limit-req-web.conf.new"
     fi
+    # Requests in flight per submit route, counted over all workers and clients. A limit of 0
+    # leaves the route without a limit.
+    require_integer FEEDBACKBOT_SUBMIT_MAX_IN_FLIGHT "$submit_in_flight"
+    require_integer FEEDBACKBOT_BATCH_MAX_IN_FLIGHT "$batch_in_flight"
+    printf 'limit_conn_zone $in_flight_key zone=in_flight_submit:1m;\n' >> "$run_dir/limit-req-zones.conf.new"
+    printf 'limit_conn_zone $in_flight_key zone=in_flight_batch:1m;\n' >> "$run_dir/limit-req-zones.conf.new"
+    : > "$run_dir/limit-in-flight-submit.conf.new"
+    : > "$run_dir/limit-in-flight-batch.conf.new"
+    if (( 10#$submit_in_flight > 0 )); then
+        printf 'limit_conn in_flight_submit %s;\n' "$((10#$submit_in_flight))" > "$run_dir/limit-in-flight-submit.conf.new"
+    fi
+    if (( 10#$batch_in_flight > 0 )); then
+        printf 'limit_conn in_flight_batch %s;\n' "$((10#$batch_in_flight))" > "$run_dir/limit-in-flight-batch.conf.new"
+    fi
+    mv "$run_dir/limit-in-flight-submit.conf.new" "$run_dir/limit-in-flight-submit.conf"
+    mv "$run_dir/limit-in-flight-batch.conf.new" "$run_dir/limit-in-flight-batch.conf"
     mv "$run_dir/limit-req-zones.conf.new" "$run_dir/limit-req-zones.conf"
     mv "$run_dir/limit-req-web.conf.new" "$run_dir/limit-req-web.conf"
     mv "$run_dir/limit-req.conf.new" "$run_dir/limit-req.conf"

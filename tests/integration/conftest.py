@@ -225,6 +225,10 @@ def stack() -> Iterator[Stack]:
             "FEEDBACKBOT_RATE_PER_ADDRESS_RPS_ANALYST": str(ANALYST_RATE_PER_ADDRESS_RPS),
             "FEEDBACKBOT_RATE_PER_ADDRESS_BURST_ANALYST": str(ANALYST_RATE_PER_ADDRESS_BURST),
             "FEEDBACKBOT_CORS_ORIGIN": CORS_ORIGIN,
+            # Tests here send hundreds of requests at once (rate limits, chaos), which the
+            # in-flight limits would turn into 503s; test_gateway_in_flight.py covers them.
+            "FEEDBACKBOT_SUBMIT_MAX_IN_FLIGHT": "0",
+            "FEEDBACKBOT_BATCH_MAX_IN_FLIGHT": "0",
         },
         fast_ingress=os.environ.get("FEEDBACKBOT_FAST_INGRESS", "0") == "1",
     )
