@@ -61,13 +61,25 @@ def _throughput_notes(results: dict[str, Any]) -> list[str]:
             f"{ratio:.0%} of the bare model's {format_number(best['median_items_per_s'])} items/s. The target of "
             f"{SINGLE_TARGET:.0%} is {target_verdict(ratio, SINGLE_TARGET)}."
         )
-        notes.append(
-            f"With {concurrency} requests always in flight, Little's law gives the mean latency as {concurrency} / "
-            f"throughput = {1000 * concurrency / single['items_per_s']:,.0f} ms at the measured rate (measured mean: "
-            f"{format_number(single['mean_ms'], 0)} ms). A mean under {P99_TARGET_MS:.0f} ms at this concurrency needs "
-            f"more than {needed_rps:.0f} requests/s, {needed_rps / best['median_items_per_s']:.1f}× the bare model's "
-            "best rate on this machine."
-        )
+        limit = (results.get("pipeline") or {}).get("submit_max_in_flight")
+        if limit and limit < concurrency:
+            notes.append(
+                f"The gateway passed at most {limit} submissions to the graph at once "
+                f"(`FEEDBACKBOT_SUBMIT_MAX_IN_FLIGHT`) and answered the others of the {concurrency} clients with an "
+                f"immediate 503. Little's law then gives the mean latency of an accepted request as {limit} / "
+                f"throughput = {1000 * limit / single['items_per_s']:,.0f} ms at the measured rate (measured mean: "
+                f"{format_number(single['mean_ms'], 0)} ms). Without the limit, {concurrency} requests in flight "
+                f"would need more than {needed_rps:.0f} requests/s for a mean under {P99_TARGET_MS:.0f} ms, "
+                f"{needed_rps / best['median_items_per_s']:.1f}× the bare model's best rate on this machine."
+            )
+        else:
+            notes.append(
+                f"With {concurrency} requests always in flight, Little's law gives the mean latency as {concurrency} / "
+                f"throughput = {1000 * concurrency / single['items_per_s']:,.0f} ms at the measured rate (measured "
+                f"mean: {format_number(single['mean_ms'], 0)} ms). A mean under {P99_TARGET_MS:.0f} ms at this "
+                f"concurrency needs more than {needed_rps:.0f} requests/s, "
+                f"{needed_rps / best['median_items_per_s']:.1f}× the bare model's best rate on this machine."
+            )
 
     threads = results["service_torch_threads"]
     enrichment = results["serve_settings"]["user_configs"].get("Enrichment", {})

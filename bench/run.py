@@ -128,6 +128,7 @@ def summarize_runs(kind: str, runs: list[tuple[LoadResult, CpuUse]], loadavg: fl
         "p50_ms": statistics.median(result.latency_ms(50) for result, _ in runs),
         "p95_ms": statistics.median(result.latency_ms(95) for result, _ in runs),
         "p99_ms": statistics.median(result.latency_ms(99) for result, _ in runs),
+        "p99_with_retries_ms": statistics.median(result.submission_latency_ms(99) for result, _ in runs),
         "mean_ms": statistics.fmean(latencies) * 1000 if latencies else float("nan"),
         "requests": sum(result.requests for result, _ in runs),
         "ok": sum(result.ok for result, _ in runs),
@@ -263,6 +264,7 @@ class BenchmarkRun:
             started = time.monotonic()
             stack.start()
             pipeline["start_s"] = time.monotonic() - started
+            pipeline["submit_max_in_flight"] = stack.submit_in_flight_limit()
             self._measure_rest_memory(stack.roots, pipeline, "memory_at_rest")
 
             pipeline["single"], pipeline["cpu_by_role"], peaks = self._single_series(stack.url, stack.api_key, stack.roots, "Pipeline")

@@ -82,7 +82,7 @@ def _header(results: dict[str, Any]) -> list[str]:
 
 
 def _targets(results: dict[str, Any]) -> list[str]:
-    estimate = _size_estimate(results)
+    estimate = size_estimate(results)
     rows = estimate["snapshot_rows"]
     margin = SIZE_TARGET_BYTES - estimate["at_target_rows"]
     if estimate["measured"]:
@@ -119,13 +119,13 @@ def _targets(results: dict[str, Any]) -> list[str]:
         "were deleted after the measurement. Plan disk space for that peak, not for the snapshot alone."
     )
     lines.append(
-        "- **Ingest throughput while publishing at full speed drops by no more than 10 %: not measured here.** "
-        "That needs the running service under load (see the last section)."
+        "- **Ingest throughput while publishing at full speed drops by no more than 10 %: measured by `make bench`.** "
+        "That needs the running service under load, so section 5 of docs/benchmarks.md measures it."
     )
     return lines + [""]
 
 
-def _size_estimate(results: dict[str, Any]) -> dict[str, Any]:
+def size_estimate(results: dict[str, Any]) -> dict[str, Any]:
     """Scale the compacted snapshot's size to SIZE_TARGET_ROWS rows and split it into text and the rest."""
     size = results["sizes"]["after_compaction"]["listed_total"]
     snapshot_rows = results["compaction"]["rows"]["feedback"]
@@ -171,7 +171,7 @@ def _machine(results: dict[str, Any]) -> list[str]:
     ]
     lines = ["## Machine", ""] + _table(["", ""], rows)
     lines.append(
-        "Other processes ran on the machine during the run, so the times include waiting for the CPU. "
+        "Where other processes ran on the machine during a step, its time includes waiting for the CPU. "
         "*Other cores* is the machine's busy CPU time (from /proc/stat) minus this process's, per second "
         "of wall time. A value of 1.0 means that other work kept one core busy on average. *CPU time* is "
         "the benchmark process's user and system time, which depends less on that competition than wall time."
@@ -277,10 +277,19 @@ def _publishing(results: dict[str, Any]) -> list[str]:
     lines += _table(["step", "rows written (feedback / outbox)", "time", "CPU time", "other cores"], rows)
     lines.append(
         f"The regular deltas took {_seconds(min(regular_times))} to {_seconds(max(regular_times))} "
-        f"(median {_seconds(statistics.median(regular_times))}). A full copy runs on the writer's thread "
-        "and holds up its commits for that long. It happens on the first publish and after the database "
-        "file was replaced."
+        f"(median {_seconds(statistics.median(regular_times))}), on the writer's thread."
     )
+    if full.get("in_background"):
+        lines.append(
+            f"The full copy ran on a thread of its own and held the writer's thread for "
+            f"{_seconds(full['writer_held_s'])}, so commits went on while it copied. Such a copy happens on the "
+            "first publish and after the database file was replaced."
+        )
+    else:
+        lines.append(
+            "The full copy ran on the writer's thread and held up its commits for that long. Such a copy "
+            "happens on the first publish and after the database file was replaced."
+        )
     return lines + [""]
 
 
@@ -389,9 +398,9 @@ def _not_measured(results: dict[str, Any]) -> list[str]:
         "",
         "- **Ingest throughput while publishing.** The target is that publishing at full speed lowers ingest "
         "throughput by no more than 10 %. Measuring it needs the running service (Ray Serve behind the Nginx "
-        "gateway) under a load generator, once with snapshots and once without. This benchmark runs the store "
-        "and the publisher in one process without the service, so it cannot show that effect. The full copy "
-        "and delta times above bound how long one publish blocks the writer's thread.",
+        "gateway) under a load generator, once with snapshots and once without, which `make bench` does "
+        "(section 5 of docs/benchmarks.md). This benchmark runs the store and the publisher in one process "
+        "without the service. The delta times above bound how long one publish blocks the writer's thread.",
         "- **Publishing while compaction runs.** Here compaction ran alone. In the service it runs on its own "
         "thread while the writer keeps publishing, and both compete for the same cores.",
         "- **Queries before compaction.** The queries ran on one base file per table. With up to "

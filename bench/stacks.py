@@ -138,6 +138,14 @@ class RayStack:
             self.service.start()
         self.remember_processes()
 
+    def submit_in_flight_limit(self) -> int | None:
+        """Return the gateway's limit of single submissions in flight, or None when it has none.
+
+        It reads the file that gateway/start.sh rendered, so it reports the limit in force.
+        """
+        rendered = (self.config.gateway_dir / "limit-in-flight-submit.conf").read_text(encoding="utf-8").split()
+        return int(rendered[-1].rstrip(";")) if rendered else None
+
     def save_logs(self, folder: Path) -> None:
         """Copy the launcher's logs and Nginx's error log to `folder`, before the data folder goes."""
         _copy_files([*self.config.run_dir.glob("*.log"), self.config.gateway_dir / "error.log"], folder)
