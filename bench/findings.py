@@ -81,6 +81,19 @@ def _throughput_notes(results: dict[str, Any]) -> list[str]:
                 f"{needed_rps / best['median_items_per_s']:.1f}× the bare model's best rate on this machine."
             )
 
+    for row in (results.get("pipeline") or {}).get("shedding") or []:
+        if not single:
+            break
+        rejected = row["errors"].get("503", 0)
+        notes.append(
+            f"With the gateway passing at most {row['submit_max_in_flight']} submissions at once, the same "
+            f"{row['concurrency']} clients got {format_number(row['items_per_s'])} items/s stored (without that limit: "
+            f"{format_number(single['items_per_s'])}) and a p99 of {format_number(row['p99_ms'], 0)} ms on accepted tries "
+            f"(without: {format_number(single['p99_ms'], 0)} ms). {rejected} tries got a 503, and from a submission's "
+            f"first try to its success the p99 was {format_number(row.get('p99_with_retries_ms'), 0)} ms "
+            f"(without: {format_number(single.get('p99_with_retries_ms'), 0)} ms)."
+        )
+
     threads = results["service_torch_threads"]
     enrichment = results["serve_settings"]["user_configs"].get("Enrichment", {})
     collected = int(enrichment.get("max_batch_size", 16))

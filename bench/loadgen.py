@@ -6,8 +6,9 @@ one, so the number of requests in flight stays at the concurrency. Requests stil
 are awaited and counted, so the measured time includes that tail.
 
 A 429 or 503 is handled as a well-behaved client would: the worker waits for Retry-After
-(at most RETRY_AFTER_MAX_S) and sends the same request again, with the same
-Idempotency-Key. `submission_latencies_s` measures from the first try to the success, so
+(at most RETRY_AFTER_MAX_S) plus a random extra of up to half of it, and sends the same
+request again, with the same Idempotency-Key. The extra keeps the rejected workers from
+coming back all at once, which would leave the gateway's free slots empty in between. `submission_latencies_s` measures from the first try to the success, so
 the waits show there, while `ok_latencies_s` has the latency of the successful response.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -162,7 +164,8 @@ async def _worker(client: httpx.AsyncClient, factory: RequestFactory, deadline: 
         latency_s = time.perf_counter() - sent_at
         result.statuses[str(response.status_code)] += 1
         if response.status_code in (429, 503):
-            await asyncio.sleep(min(retry_after_s(response), max(deadline - time.perf_counter(), 0.0)))
+            wait_s = retry_after_s(response) * random.uniform(1.0, 1.5)
+            await asyncio.sleep(min(wait_s, max(deadline - time.perf_counter(), 0.0)))
             retry = (planned, first_sent_at)
             continue
         if not response.is_success:

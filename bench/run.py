@@ -89,6 +89,7 @@ class Options:
     profile_processes: int
     output: Path
     artifacts: Path
+    in_flight_limits: list[int] = field(default_factory=list)
     fast_ingress: bool = False
     skip: set[str] = field(default_factory=set)
     command: str = ""
@@ -271,6 +272,9 @@ class BenchmarkRun:
             pipeline["memory_peak_under_load"] = memory_rows(peaks)
             stack.remember_processes()
 
+            if "shedding" not in options.skip:
+                pipeline["shedding"] = self._shedding_series(stack)
+
             if "batch" not in options.skip:
                 pipeline["batch"] = self._batch_series(stack)
             pipeline["memory_after_load"] = memory_rows(memory_snapshot(stack.roots()))
@@ -357,6 +361,29 @@ class BenchmarkRun:
             summaries.append(summary)
 
         return summaries, cores_by_role(busiest_usages), peaks
+
+    def _shedding_series(self, stack: RayStack) -> list[dict[str, Any]]:
+        """Measure single submissions at the highest concurrency under each gateway in-flight limit.
+
+        The gateway reloads with the limit between the measurements and returns to its own
+        setting at the end, so the phases after this one run as configured.
+        """
+        highest = max(self.options.concurrencies)
+        summaries = []
+        try:
+            for limit in self.options.in_flight_limits:
+                stack.service.reload_gateway({"FEEDBACKBOT_SUBMIT_MAX_IN_FLIGHT": str(limit)})
+                factory = single_requests(self.submissions, f"{self.run_id}-L{limit}")
+                summary, _ = self._measure(
+                    stack.url, stack.api_key, stack.roots, factory, "single", highest, self.options.duration_s,
+                    f"Pipeline, in-flight limit {limit}",
+                )  # fmt: skip
+                summary["submit_max_in_flight"] = limit
+                summary.update(self._drain_outbox(stack.url, "Pipeline"))
+                summaries.append(summary)
+        finally:
+            stack.service.reload_gateway({})
+        return summaries
 
     def _batch_series(self, stack: RayStack) -> dict[str, Any]:
         batch: dict[str, Any] = {"rows": []}
@@ -564,6 +591,7 @@ FULL_DEFAULTS: dict[str, Any] = {
     "repeats": 3,
     "settle": 10.0,
     "profile_seconds": 15,
+    "in_flight_limits": [8, 16],
     "output": DEFAULT_REPORT,
 }
 QUICK_DEFAULTS: dict[str, Any] = {
@@ -579,6 +607,7 @@ QUICK_DEFAULTS: dict[str, Any] = {
     "repeats": 1,
     "settle": 3.0,
     "profile_seconds": 5,
+    "in_flight_limits": [8],
     "output": ARTIFACTS_ROOT / "quick.md",
 }
 
@@ -598,6 +627,12 @@ def parse_options(argv: list[str] | None = None) -> Options:
     parser.add_argument("--concurrencies", type=_int_list, help="Concurrencies of single submissions (default: 1,16,64).")
     parser.add_argument("--batch-sizes", type=_int_list, help="Items per batch submission (default: 10,50,200).")
     parser.add_argument("--batch-concurrencies", type=_int_list, help="Concurrencies of batch submissions (default: 1,2).")
+    parser.add_argument(
+        "--in-flight-limits",
+        type=_int_list,
+        help="Gateway limits of single submissions in flight (FEEDBACKBOT_SUBMIT_MAX_IN_FLIGHT) under which single "
+        "submissions at the highest concurrency are measured again (default: 8,16).",
+    )
     parser.add_argument("--duration", type=float, help="Seconds of one single-submission measurement (default: 10).")
     parser.add_argument("--batch-duration", type=float, help="Seconds of one batch measurement (default: 6).")
     parser.add_argument("--warmup", type=float, help="Seconds of warm-up before each measurement (default: 3).")
@@ -609,7 +644,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         "--skip",
         action="append",
         default=[],
-        choices=["ceiling", "pipeline", "batch", "profile", "snapshots", "baseline"],
+        choices=["ceiling", "pipeline", "shedding", "batch", "profile", "snapshots", "baseline"],
         help="Leave out a phase. Repeat the option to leave out several.",
     )
     parser.add_argument(
@@ -643,6 +678,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         concurrencies=chosen("concurrencies"),
         batch_sizes=chosen("batch_sizes"),
         batch_concurrencies=chosen("batch_concurrencies"),
+        in_flight_limits=chosen("in_flight_limits"),
         duration_s=chosen("duration"),
         batch_duration_s=chosen("batch_duration"),
         warmup_s=chosen("warmup"),

@@ -24,7 +24,7 @@
 #   FEEDBACKBOT_RATE_WEB_PER_ADDRESS_BURST  requests per client address allowed above that rate at once [50]
 #   FEEDBACKBOT_SUBMIT_MAX_IN_FLIGHT  POST /v1/feedback requests that the gateway passes on at
 #                                     once; more get an immediate 503 with Retry-After, 0 for no
-#                                     limit [16]. It bounds the time a submission spends queued.
+#                                     limit [128]. It bounds the time a submission spends queued.
 #   FEEDBACKBOT_BATCH_MAX_IN_FLIGHT   the same for POST /v1/feedback:batch [4]
 #   FEEDBACKBOT_CORS_ORIGIN        the web form's origin, e.g. https://forms.example.com, that may
 #                                  POST /v1/feedback from a browser; other origins get no CORS headers [none]
@@ -55,7 +55,7 @@ address_burst=${FEEDBACKBOT_RATE_PER_ADDRESS_BURST:-100}
 cors_origin=${FEEDBACKBOT_CORS_ORIGIN:-}
 web_rate=${FEEDBACKBOT_RATE_WEB_PER_ADDRESS_RPS:-5}
 web_burst=${FEEDBACKBOT_RATE_WEB_PER_ADDRESS_BURST:-50}
-submit_in_flight=${FEEDBACKBOT_SUBMIT_MAX_IN_FLIGHT:-16}
+submit_in_flight=${FEEDBACKBOT_SUBMIT_MAX_IN_FLIGHT:-128}
 batch_in_flight=${FEEDBACKBOT_BATCH_MAX_IN_FLIGHT:-4}
 njs_module=${FEEDBACKBOT_NJS_MODULE:-/usr/lib/nginx/modules/ngx_http_js_module.so}
 nginx_bin=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
