@@ -165,9 +165,7 @@ class Persistence:
         """Return the outcome of an earlier use of each Idempotency-Key, or None, in order."""
         now = datetime.now(timezone.utc)
         window_s = self._idempotency_window_s
-        return await self._run(
-            lambda: [self._store.find_claim(claim, now=now, idempotency_window_s=window_s) for claim in claims]
-        )
+        return await self._run(lambda: self._store.find_claims(claims, now=now, idempotency_window_s=window_s))
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def _commit_batch(

@@ -364,6 +364,30 @@ class FeedbackStore:
             return StoreOutcome(status="replayed", record=original)
         return StoreOutcome(status="conflict")
 
+    def find_claims(
+        self, claims: Sequence[IdempotencyClaim], *, now: datetime, idempotency_window_s: float
+    ) -> list[StoreOutcome | None]:
+        """Return the outcome of an earlier use of each key within the window, or None, in order.
+
+        One query looks up all keys, as `commit_submissions` does.
+        """
+        cutoff = now - timedelta(seconds=idempotency_window_s)
+        try:
+            earlier = self._claimed_many([claim.scoped_key for claim in claims], cutoff)
+        except duckdb.Error as error:
+            raise StoreError(f"Failed to look up {len(claims)} Idempotency-Keys in {self.path}: {error}") from error
+
+        outcomes: list[StoreOutcome | None] = []
+        for claim in claims:
+            found = earlier.get(claim.scoped_key)
+            if found is None:
+                outcomes.append(None)
+            elif found[0] == claim.body_sha256:
+                outcomes.append(StoreOutcome(status="replayed", record=found[1]))
+            else:
+                outcomes.append(StoreOutcome(status="conflict"))
+        return outcomes
+
     def purge_idempotency_keys(self, *, older_than: datetime) -> int:
         """Delete keys created before `older_than` and return how many were deleted."""
         try:

@@ -232,6 +232,21 @@ def test_find_claim_matches_commit(store: FeedbackStore) -> None:
     assert unknown is None
 
 
+def test_find_claims_matches_find_claim(store: FeedbackStore) -> None:
+    original = make_record()
+    store.commit_submissions([(original, claim("k8"), [])], now=NOW, idempotency_window_s=DAY_S)
+    asked = [claim("k8"), claim("k9"), claim("k8", "d" * 64), claim("k8")]
+
+    together = store.find_claims(asked, now=NOW, idempotency_window_s=DAY_S)
+    one_by_one = [store.find_claim(item, now=NOW, idempotency_window_s=DAY_S) for item in asked]
+    expired = store.find_claims(asked, now=NOW + timedelta(seconds=DAY_S + 1), idempotency_window_s=DAY_S)
+
+    assert together == one_by_one
+    assert [outcome.status if outcome else None for outcome in together] == ["replayed", None, "conflict", "replayed"]
+    assert together[0].record == original
+    assert expired == [None] * 4
+
+
 def test_purge_removes_only_expired_keys(store: FeedbackStore) -> None:
     store.commit_submissions([(make_record(), claim("old"), [])], now=NOW, idempotency_window_s=DAY_S)
     store.commit_submissions(
