@@ -375,7 +375,9 @@ class FeedbackStore:
         try:
             earlier = self._claimed_many([claim.scoped_key for claim in claims], cutoff)
         except duckdb.Error as error:
-            raise StoreError(f"Failed to look up {len(claims)} Idempotency-Keys in {self.path}: {error}") from error
+            raise StoreError(
+                f"Failed to look up {len(claims)} Idempotency-Keys in {self.path}: {error}. Retry the request."
+            ) from error
 
         outcomes: list[StoreOutcome | None] = []
         for claim in claims:

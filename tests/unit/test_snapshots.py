@@ -230,6 +230,31 @@ def test_late_sentiment_shows_newest_version(store: FeedbackStore, publisher: Sn
     assert sum(f.rows for f in read_manifest(folder).files("feedback")) == 3
 
 
+def test_view_matches_full_window(store: FeedbackStore, publisher: SnapshotPublisher, folder: Path) -> None:
+    waiting = make_record(sentiment_label=None, sentiment_score=None, model_version=None)
+    unchanged = [make_record() for _ in range(5)]
+    store.insert_many([waiting, *unchanged])
+    publisher.publish(connection_of(store))
+    store.complete_enrichment([(waiting.with_sentiment(sentiment("positive", 0.9)), [])], now=START)
+    added = make_record()
+    store.insert_many([added])
+    publisher.publish(connection_of(store))
+    files = read_manifest(folder).files("feedback")
+
+    with analysis.connect(folder) as connection:
+        from_view = connection.execute("SELECT id, sentiment_label FROM feedback ORDER BY id").fetchall()
+        windowed = connection.execute(
+            "SELECT id, sentiment_label FROM read_parquet(?, union_by_name = true) "
+            "QUALIFY row_number() OVER (PARTITION BY id ORDER BY change_seq DESC) = 1 ORDER BY id",
+            [[str(folder / f.path) for f in files]],
+        ).fetchall()
+
+    assert [f.kind for f in files] == ["base", "delta"]
+    assert from_view == windowed
+    assert len(from_view) == 7
+    assert (waiting.id, "positive") in from_view
+
+
 def test_outbox_status_change_published(store: FeedbackStore, publisher: SnapshotPublisher, folder: Path) -> None:
     record = make_record()
     store.commit_submissions([(record, None, owed_notifications(record))], now=START, idempotency_window_s=60)

@@ -235,11 +235,11 @@ def test_find_claim_matches_commit(store: FeedbackStore) -> None:
 def test_find_claims_matches_find_claim(store: FeedbackStore) -> None:
     original = make_record()
     store.commit_submissions([(original, claim("k8"), [])], now=NOW, idempotency_window_s=DAY_S)
-    asked = [claim("k8"), claim("k9"), claim("k8", "d" * 64), claim("k8")]
+    requested = [claim("k8"), claim("k9"), claim("k8", "d" * 64), claim("k8")]
 
-    together = store.find_claims(asked, now=NOW, idempotency_window_s=DAY_S)
-    one_by_one = [store.find_claim(item, now=NOW, idempotency_window_s=DAY_S) for item in asked]
-    expired = store.find_claims(asked, now=NOW + timedelta(seconds=DAY_S + 1), idempotency_window_s=DAY_S)
+    together = store.find_claims(requested, now=NOW, idempotency_window_s=DAY_S)
+    one_by_one = [store.find_claim(item, now=NOW, idempotency_window_s=DAY_S) for item in requested]
+    expired = store.find_claims(requested, now=NOW + timedelta(seconds=DAY_S + 1), idempotency_window_s=DAY_S)
 
     assert together == one_by_one
     assert [outcome.status if outcome else None for outcome in together] == ["replayed", None, "conflict", "replayed"]
