@@ -174,7 +174,13 @@ def _define_newest_rows(
 
     # The relation API embeds and quotes the paths itself: CREATE VIEW cannot take prepared
     # parameters. The helper views are named after the view, with a leading underscore.
-    if len(bases) != 1 or not deltas:
+    if len(bases) == 1 and not deltas:
+        # Right after a full copy or a compaction: every row is the newest version.
+        connection.read_parquet(str(bases[0])).query("base", f"SELECT {columns} FROM base").create_view(
+            view, replace=True
+        )
+        return
+    if len(bases) != 1:
         versions = connection.read_parquet([str(path) for path in bases + deltas], union_by_name=True)
         versions.query("versions", f"SELECT {columns} FROM versions {newest}").create_view(view, replace=True)
         return
