@@ -42,6 +42,7 @@ from feedbackbot.http_api import (
     parse_json_object,
     request_id_of,
     sentiment_fields,
+    shallow_payload,
 )
 from feedbackbot.privacy_http import read_privacy_request
 from feedbackbot.web import admin as web_admin
@@ -182,7 +183,7 @@ class Ingest:
         # request can name it. It is used only when the submission is valid.
         feedback_id = uuid.uuid4()
         to_check = SubmissionToCheck(
-            payload=payload, from_form=from_form, feedback_id=feedback_id, request_id=request_id_of(request)
+            payload=shallow_payload(payload), from_form=from_form, feedback_id=feedback_id, request_id=request_id_of(request)
         )
         try:
             result: ValidationResult = await self._validate_together(to_check)

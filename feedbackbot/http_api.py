@@ -351,6 +351,18 @@ def parse_json_object(body: bytes) -> Any:
         raise ValueError("arrays or objects are nested too deeply") from error
 
 
+def shallow_payload(payload: object) -> object:
+    """Return the decoded body with each array or object field value replaced by an empty one.
+
+    No field accepts an array or an object, whatever it contains, and the validation message
+    names only the value's type. A deeply nested value could exceed Python's recursion limit
+    when Ray pickles a group of submissions for validation, so ingest sends the empty value.
+    """
+    if not isinstance(payload, dict):
+        return payload
+    return {key: type(value)() if isinstance(value, (list, dict)) else value for key, value in payload.items()}
+
+
 def form_payload(items: list[tuple[str, Any]]) -> tuple[dict[str, Any], list[str]]:
     """Return the form's fields and the names that appear more than once."""
     payload: dict[str, Any] = {}

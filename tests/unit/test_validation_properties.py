@@ -28,7 +28,7 @@ from apprise.utils.parse import is_email as apprise_parse_email
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from feedbackbot.http_api import parse_json_object
+from feedbackbot.http_api import parse_json_object, shallow_payload
 from models.feedback import (
     NAME_MAX_CHARS,
     RATING_MAX,
@@ -336,6 +336,13 @@ def test_valid_submission_stored_as_rules_say(payload: dict[str, Any]) -> None:
 @example({"customer_name": "x" * (NAME_MAX_CHARS + 1), "customer_email": "", "feedback_text": "a" * (TEXT_MAX_CHARS + 1), "rating": 10**40})
 def test_any_submission_accepted_or_fields_named(payload: dict[str, Any]) -> None:
     assert_matches_rules(payload)
+
+
+@PROPERTY_SETTINGS
+@given(any_submissions)
+@example({"customer_name": [[["deep"]]], "customer_email": {"a": [1]}, "feedback_text": [], "rating": {}, "extra": [1]})
+def test_shallow_payload_keeps_outcome(payload: dict[str, Any]) -> None:
+    assert validate_submission(shallow_payload(payload)) == validate_submission(payload)
 
 
 @PROPERTY_SETTINGS
