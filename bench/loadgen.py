@@ -32,8 +32,8 @@ from bench.workload import SINGLE_PATH, PlannedRequest, RequestFactory
 REQUEST_TIMEOUT_S = 60.0
 # Safety bound on the requests of one measurement, whatever its duration.
 MAX_REQUESTS = 200_000
-# Longest wait after a 429 or 503, whatever its Retry-After header requests. Without the header
-# the wait is RETRY_AFTER_DEFAULT_S.
+# Maximum wait after a 429 or 503, whatever its Retry-After header requests. Without the
+# header the wait is RETRY_AFTER_DEFAULT_S.
 RETRY_AFTER_MAX_S = 5.0
 RETRY_AFTER_DEFAULT_S = 1.0
 

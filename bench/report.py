@@ -100,7 +100,7 @@ def render(results: dict[str, Any]) -> str:
     lines += _batch(results)
     lines += _baseline(results)
     lines += _snapshot_cost(results)
-    lines += _snapshot_scale()
+    lines += _snapshot_scale(_load_snapshot_scale())
     lines += _memory(results)
     lines += _cpu(results)
     lines += _profiles(results)
@@ -214,7 +214,7 @@ def _targets(results: dict[str, Any]) -> list[str]:
                      f"{format_number(pair['with']['items_per_s'])} vs {format_number(pair['without']['items_per_s'])} items/s",
                      f"{drop:.0%}", verdict])  # fmt: skip
 
-    rows.append(_snapshot_size_target())
+    rows.append(_snapshot_size_target(_load_snapshot_scale()))
 
     memory = (results.get("pipeline") or {}).get("memory_at_rest")
     for field, name in (("rss_bytes", "RSS"), ("pss_bytes", "PSS")):
@@ -474,26 +474,33 @@ def snapshot_cost_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     return pairs
 
 
-def _snapshot_size_target(scale_path: Path = SNAPSHOT_SCALE_RESULTS) -> list[str]:
+def _load_snapshot_scale(scale_path: Path = SNAPSHOT_SCALE_RESULTS) -> dict[str, Any] | None:
+    """Return the results of the last run of bench.snapshot_scale, or None when it has not run."""
+    try:
+        return json.loads(scale_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+
+
+def _snapshot_size_target(scale: dict[str, Any] | None) -> list[str]:
     """Return the target row of the snapshot size, from the last run of bench.snapshot_scale (section 6)."""
     name = "snapshot files for 10 million rows (section 6)"
-    if not scale_path.exists():
+    if scale is None:
         return [name, "< 1.5 GiB", "not measured", "–", "not measured"]
 
-    estimate = snapshot_scale_report.size_estimate(json.loads(scale_path.read_text(encoding="utf-8")))
+    estimate = snapshot_scale_report.size_estimate(scale)
     size = estimate["at_target_rows"]
     excess = size - SNAPSHOT_SIZE_TARGET_BYTES
     verdict = "met" if excess <= 0 else f"missed by {excess / 2**30:.2f} GiB"
     return [name, "< 1.5 GiB", f"{size / 2**30:.2f} GiB", f"{size / SNAPSHOT_SIZE_TARGET_BYTES:.0%} of the limit", verdict]
 
 
-def _snapshot_scale(scale_path: Path = SNAPSHOT_SCALE_RESULTS) -> list[str]:
+def _snapshot_scale(scale: dict[str, Any] | None) -> list[str]:
     """Summarise the last 10-million-row run of `python -m bench.snapshot_scale`, which it saves in git."""
     lines = ["## 6. Snapshots at 10 million rows", ""]
-    try:
-        scale = json.loads(scale_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return lines + [f"Not measured: {scale_path.name} is missing; run `python -m bench.snapshot_scale`.", ""]
+    if scale is None:
+        missing = SNAPSHOT_SCALE_RESULTS.name
+        return lines + [f"Not measured: {missing} is missing, so run `python -m bench.snapshot_scale`.", ""]
 
     estimate = snapshot_scale_report.size_estimate(scale)
     listed = scale["sizes"]["after_compaction"]["listed"]

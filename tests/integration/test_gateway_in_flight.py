@@ -100,7 +100,7 @@ def upstream() -> Iterator[HoldingUpstream]:
 
 @pytest.fixture
 def run_dir() -> Iterator[Path]:
-    """A run folder that Nginx's workers, which run as nobody, can reach (pytest's tmp_path is private)."""
+    """Run folder that Nginx's workers, which run as the user `nobody`, can open; pytest's tmp_path is private."""
     folder = Path(tempfile.mkdtemp(prefix="feedbackbot-in-flight-"))
     folder.chmod(0o755)
     try:
