@@ -141,7 +141,7 @@ def batch_envelope(request: Request, body: bytes) -> list[dict[str, Any]] | JSON
         )
 
     try:
-        return FeedbackBatch.model_validate(payload).submissions
+        submissions = FeedbackBatch.model_validate(payload).submissions
     except ValidationError:
         count = len(payload["submissions"]) if isinstance(payload, dict) and isinstance(payload.get("submissions"), list) else None
         got = f"got {count} items" if count is not None else "got no such list"
@@ -152,6 +152,11 @@ def batch_envelope(request: Request, body: bytes) -> list[dict[str, Any]] | JSON
         return error_response(
             request, 422, "validation_failed", "The batch is invalid.", fields=[FieldError(field="submissions", message=problem)]
         )
+
+    # Validation gets each item as single submissions do, with array and object field values
+    # emptied, so that a deeply nested value cannot exceed the recursion limit when Ray
+    # pickles the batch.
+    return [shallow_payload(item) for item in submissions]
 
 
 def batch_item(index: int, outcome: StoreOutcome | None, errors: list[FieldError] | None = None) -> BatchItemResult:

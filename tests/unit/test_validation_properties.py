@@ -28,7 +28,7 @@ from apprise.utils.parse import is_email as apprise_parse_email
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from feedbackbot.http_api import parse_json_object, shallow_payload
+from feedbackbot.http_api import batch_envelope, parse_json_object, shallow_payload
 from models.feedback import (
     NAME_MAX_CHARS,
     RATING_MAX,
@@ -343,6 +343,16 @@ def test_any_submission_accepted_or_fields_named(payload: dict[str, Any]) -> Non
 @example({"customer_name": [[["deep"]]], "customer_email": {"a": [1]}, "feedback_text": [], "rating": {}, "extra": [1]})
 def test_shallow_payload_keeps_outcome(payload: dict[str, Any]) -> None:
     assert validate_submission(shallow_payload(payload)) == validate_submission(payload)
+
+
+def test_batch_items_reach_validation_shallow() -> None:
+    # Ray pickles the items for validation; a 900-deep value would exceed the recursion limit.
+    nested = "[" * 900 + "]" * 900
+    body = ('{"submissions": [{"customer_name": ' + nested + ', "customer_email": {"a": [1]}, "rating": 3}]}').encode()
+
+    items = batch_envelope(None, body)
+
+    assert items == [{"customer_name": [], "customer_email": {}, "rating": 3}]
 
 
 @PROPERTY_SETTINGS
