@@ -229,6 +229,9 @@ class Service:
             "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(ports.direct_http_first + 99),
             "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(ports.direct_grpc_first),
             "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(ports.direct_grpc_first + 99),
+            # Throughput-optimised mode buffers up to 1000 log records per replica and writes them
+            # only when the buffer fills or on an error. Write each record at once instead.
+            "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1",
         }
 
     # -- steps of start ---------------------------------------------------------------
