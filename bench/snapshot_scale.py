@@ -56,7 +56,7 @@ from feedbackbot import analysis
 from feedbackbot.errors import FeedbackbotError
 from feedbackbot.settings import EnrichmentRetrySettings
 from feedbackbot.snapshot_settings import SnapshotSettings
-from feedbackbot.snapshots import TABLES, SnapshotPublisher
+from feedbackbot.snapshots import OMITTED_COLUMNS, TABLES, SnapshotPublisher
 from feedbackbot.store import FeedbackStore
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -346,6 +346,7 @@ def run(args: argparse.Namespace, work_dir: Path, progress: Progress) -> dict[st
             "requeued_entries": REQUEUED_ENTRIES,
             "query_runs": args.query_runs,
             "compaction_memory_mib": SnapshotSettings().snapshot_compaction_memory_mib,
+            "omitted_columns": {table: list(columns) for table, columns in OMITTED_COLUMNS.items()},
         },
         "machine": report.machine_info(),
         "versions": report.versions(),

@@ -211,15 +211,25 @@ def _method(results: dict[str, Any]) -> list[str]:
         "into one new base. The compaction thread of `start_compaction` calls the same method. Here it runs on "
         "the benchmark's main thread, so that its duration can be read from the `CompactionReport`.",
         "- **Sizes.** Bytes of the files that the manifest lists, per table, and of the whole snapshot folder "
-        "including retired files. The DuckDB size is that of the file after a `CHECKPOINT`.",
+        f"including retired files. The DuckDB size is that of the file after a `CHECKPOINT`.{_omitted(settings)}",
         "- **Queries.** `feedbackbot.analysis.connect()` opens the compacted snapshot, one base file per table, "
-        "which its views read without a window, because each id is in the file once. Queries between two "
-        "compactions also pass the ids that changed since through a window, which these times do not include. "
+        "which its views read without a window, because each row is in the file once. Queries between two "
+        "compactions also pass the rows that changed since through a window, which these times do not include. "
         "Each query runs once to warm up and then "
         f"{settings['query_runs']} times. The table shows the median, minimum and maximum wall time, including "
         "fetching the result into Python.",
         "",
     ]
+
+
+def _omitted(settings: dict[str, Any]) -> str:
+    """Return the sentence that names the database columns the snapshot files leave out, or "" when none."""
+    # Results written before the snapshots left columns out have no "omitted_columns".
+    omitted = [f"`{table}.{column}`" for table, columns in settings.get("omitted_columns", {}).items() for column in columns]
+    if not omitted:
+        return ""
+    named = omitted[0] if len(omitted) == 1 else f"{', '.join(omitted[:-1])} and {omitted[-1]}"
+    return f" The snapshot files leave out {named}, which the DuckDB file keeps."
 
 
 def _generation(results: dict[str, Any]) -> list[str]:
@@ -322,10 +332,15 @@ def _sizes(results: dict[str, Any]) -> list[str]:
     lines += _table(
         ["state", "feedback (MiB)", "outbox (MiB)", "listed files (MiB)", "retired files (MiB)", "folder (MiB)"], rows
     )
+    # The compacted files also contain the rows that the deltas added, so divide by their count.
+    feedback_rows = results["compaction"]["rows"]["feedback"]
+    per_table = {table: sum(sizes["after_compaction"]["listed"][table].values()) for table in ("feedback", "outbox")}
     lines.append(
         f"For comparison, the DuckDB file takes {_gib(duckdb_bytes)}; the compacted snapshot is "
-        f"{snapshot / duckdb_bytes:.0%} of it, {snapshot / results['rows']:.0f} bytes per feedback row "
-        "including its outbox entries."
+        f"{snapshot / duckdb_bytes:.0%} of it. Its {feedback_rows:,} feedback rows take "
+        f"{snapshot / feedback_rows:.1f} bytes each including their outbox entries: "
+        f"{per_table['feedback'] / feedback_rows:.1f} in the feedback file and "
+        f"{per_table['outbox'] / feedback_rows:.1f} in the outbox file."
     )
     return lines + [""]
 

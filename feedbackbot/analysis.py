@@ -29,7 +29,9 @@ directory. The connection has these views and macros:
   'neutral' and 4-5 to 'positive', for comparing the model with the customers' ratings.
 
 docs/schema.md describes every column. Timestamps are TIMESTAMPTZ, shown in UTC. Views whose
-names start with an underscore are internal parts of `feedback` and `notifications`.
+names start with an underscore are internal parts of `feedback` and `notifications`. The
+snapshot files leave out the database's `feedback.request_id` and `outbox.id` to save
+space (`feedbackbot.snapshots.OMITTED_COLUMNS`), so the views lack them too.
 
 A connection keeps the file list of the manifest it read. Files that compaction replaces
 stay on disk for `snapshot_grace_s` (1 hour by default). After that, a connection that was
@@ -58,7 +60,7 @@ from feedbackbot.errors import SnapshotError, SnapshotQueryError
 from feedbackbot.settings import resolve_path
 from feedbackbot.snapshot_manifest import Manifest, read_manifest
 from feedbackbot.snapshot_settings import DEFAULT_SNAPSHOT_DIR
-from feedbackbot.snapshots import view_columns
+from feedbackbot.snapshots import ROW_KEYS, newest_version_filter, view_columns
 
 logger = logging.getLogger(__name__)
 
@@ -163,42 +165,48 @@ def _define_newest_rows(
 ) -> None:
     """Create `view` with the newest version of each row of `table`'s snapshot files.
 
-    A base file (a full copy or a compaction) has each id once, so only the ids that also
-    appear in a delta need the window that picks the newest version. The base's other rows
-    pass straight through, which saves sorting millions of rows for a few thousand changes.
-    view_columns casts columns that the files store in a narrower type back to the database's
-    type, so the views show the types that docs/schema.md lists.
+    A base file (a full copy or a compaction) has each row key (ROW_KEYS) once, so only the
+    rows whose key also appears in a delta need the window that picks the newest version.
+    The base's other rows pass straight through, which saves sorting millions of rows for a
+    few thousand changes.
     """
-    columns = view_columns(table)
-    newest = "QUALIFY row_number() OVER (PARTITION BY id ORDER BY change_seq DESC) = 1"
+    newest = newest_version_filter(table)
 
     # The relation API embeds and quotes the paths itself: CREATE VIEW cannot take prepared
     # parameters. The helper views are named after the view, with a leading underscore.
     if len(bases) == 1 and not deltas:
         # Right after a full copy or a compaction: every row is the newest version.
-        connection.read_parquet(str(bases[0])).query("base", f"SELECT {columns} FROM base").create_view(
-            view, replace=True
-        )
+        _read_files(connection, table, bases).create_view(view, replace=True)
         return
     if len(bases) != 1:
-        versions = connection.read_parquet([str(path) for path in bases + deltas], union_by_name=True)
-        versions.query("versions", f"SELECT {columns} FROM versions {newest}").create_view(view, replace=True)
+        versions = _read_files(connection, table, bases + deltas)
+        versions.query("versions", f"SELECT * FROM versions {newest}").create_view(view, replace=True)
         return
 
     base_view, delta_view = f"_{view}_base", f"_{view}_deltas"
-    connection.read_parquet(str(bases[0])).query("base", f"SELECT {columns} FROM base").create_view(
-        base_view, replace=True
-    )
-    connection.read_parquet([str(path) for path in deltas], union_by_name=True).query(
-        "deltas", f"SELECT {columns} FROM deltas"
-    ).create_view(delta_view, replace=True)
+    _read_files(connection, table, bases).create_view(base_view, replace=True)
+    _read_files(connection, table, deltas).create_view(delta_view, replace=True)
+    # `keys` comes from ROW_KEYS. The anti and semi joins split the base by whether a delta
+    # has a newer version of the row.
+    keys = ", ".join(ROW_KEYS[table])
     connection.execute(
         f"CREATE OR REPLACE VIEW {view} AS "
-        f"SELECT * FROM {base_view} WHERE id NOT IN (SELECT id FROM {delta_view}) "
+        f"SELECT * FROM {base_view} ANTI JOIN {delta_view} USING ({keys}) "
         "UNION ALL BY NAME "
-        f"SELECT * FROM (SELECT * FROM {base_view} WHERE id IN (SELECT id FROM {delta_view}) "
+        f"SELECT * FROM (SELECT * FROM {base_view} SEMI JOIN {delta_view} USING ({keys}) "
         f"UNION ALL BY NAME SELECT * FROM {delta_view}) {newest}"
     )
+
+
+def _read_files(connection: duckdb.DuckDBPyConnection, table: str, paths: list[Path]) -> duckdb.DuckDBPyRelation:
+    """Return the rows of the snapshot files `paths` of `table`, with the columns and types that the views show.
+
+    union_by_name gives files of older layouts one set of columns. view_columns then drops
+    the omitted columns that older files still contain and casts narrowed columns back to
+    the database's types, so the views show the columns that docs/schema.md lists.
+    """
+    files = connection.read_parquet([str(path) for path in paths], union_by_name=True)
+    return files.query("files", f"SELECT {view_columns(table, files.columns)} FROM files")
 
 
 def _define_views(connection: duckdb.DuckDBPyConnection, folder: Path, manifest: Manifest) -> None:
@@ -274,8 +282,10 @@ def export(
     time_column = EXPORT_TIME_COLUMNS[view]
     options = "FORMAT parquet, COMPRESSION zstd" if file_format == "parquet" else "FORMAT csv, HEADER true"
     temp = output.with_name(f".{output.name}.{uuid.uuid4().hex}.tmp")
-    # `view`, `time_column` and `options` come from the constants above, never from input.
-    statement = f"COPY (SELECT * FROM {view} WHERE {time_column} >= ? ORDER BY {time_column}, id) TO ? ({options})"
+    # The row key after the time makes the order total, so two exports of one snapshot match.
+    order = ", ".join(dict.fromkeys([time_column, *ROW_KEYS[VIEWS[view]]]))
+    # `view`, `time_column`, `order` and `options` come from the constants above, never from input.
+    statement = f"COPY (SELECT * FROM {view} WHERE {time_column} >= ? ORDER BY {order}) TO ? ({options})"
 
     try:
         connection.execute("SET enable_progress_bar = true")

@@ -28,11 +28,25 @@ def admin_target_id(url: str) -> str:
 
 @dataclass(frozen=True)
 class NotificationPolicy:
-    """Targets that are configured and the rating at or below which admins are alerted."""
+    """Targets that are configured and the rating at or below which admins are alerted.
+
+    `admin_target_ids` keeps the first of equal ids, in the given order.
+    """
 
     customer_enabled: bool
     admin_target_ids: tuple[str, ...]
     alert_max_rating: int
+
+    def __post_init__(self) -> None:
+        # Equal admin URLs give equal target ids. One alert per target keeps each outbox entry
+        # unique by (feedback_id, target, created_at), the row key of the Parquet snapshots.
+        unique = tuple(dict.fromkeys(self.admin_target_ids))
+        if len(unique) < len(self.admin_target_ids):
+            logger.warning(
+                "Ignored %d duplicate admin notify URL(s), so each admin target gets one alert",
+                len(self.admin_target_ids) - len(unique),
+            )
+        object.__setattr__(self, "admin_target_ids", unique)
 
     def owed(self, record: FeedbackRecord) -> list[OwedNotification]:
         """Return the notifications that this feedback owes, in sending order.

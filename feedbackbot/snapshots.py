@@ -17,7 +17,8 @@ each insert and update (schema version 2). `publish` runs on the writer's thread
 transactions: it copies the rows whose change_seq is above the manifest's watermark into one
 delta file per table. `compact` runs on its own thread with its own in-memory DuckDB
 connection that reads only the Parquet files: it merges a table's base and deltas into a new
-base that keeps the version of each id with the highest change_seq.
+base that keeps the version of each row (identified by ROW_KEYS) with the highest change_seq.
+The files leave out the columns in OMITTED_COLUMNS, which the database keeps.
 
 Guarantees:
 
@@ -83,7 +84,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -117,7 +118,8 @@ SPILL_DIR_NAME = ".spill"
 TEMP_PREFIX = "."
 TEMP_SUFFIX = ".tmp"
 
-# The store's tables that snapshots copy. Each has the columns `id` and `change_seq`.
+# The store's tables that snapshots copy. Each has the column `change_seq` and the columns of
+# its ROW_KEYS entry.
 TABLES = ("feedback", "outbox")
 CHANGE_SEQUENCE = "change_seq"
 
@@ -139,21 +141,71 @@ NARROWED_COLUMNS: dict[str, dict[str, tuple[str, str]]] = {
     "outbox": {},
 }
 
+# Columns that the database keeps but the snapshot files leave out, per table. Random 128-bit
+# ids do not compress below their 16 bytes. In the 10 million row run of bench/snapshot_scale.py
+# with them, the compacted files took 185 bytes per feedback row, outbox entries included, of
+# which feedback.request_id (32 hex characters) took 16.6 and outbox.id 20.3. Without them the
+# same run measured 1.38 GiB instead of 1.73 GiB (docs/snapshot-benchmark.md; target 1.5 GiB).
+# GET /v1/feedback/{id} returns a row's request_id, and GET /v1/admin/outbox lists entries
+# with their ids. Files written before the columns were left out still contain them, so every
+# select list drops them by name.
+OMITTED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "feedback": ("request_id",),
+    "outbox": ("id",),
+}
 
-def file_columns(table: str) -> str:
-    """Return the select list that converts the rows of `table` to the column types of the snapshot files."""
-    casts = [
-        f"CAST({column} AS {file_type}) AS {column}" for column, (file_type, _) in NARROWED_COLUMNS[table].items()
-    ]
-    return f"* REPLACE ({', '.join(casts)})" if casts else "*"
+# Columns that identify a row of each table in the snapshot files, for the window that keeps
+# the newest version of each row (compaction here, the views of feedbackbot.analysis). No
+# UPDATE changes them. The outbox key is unique because a commit inserts one confirmation to
+# `customer` and one alert per admin target (NotificationPolicy removes duplicate targets).
+# Late scoring (FeedbackStore.complete_enrichment) inserts alerts later than the commit and
+# at most once per row, because its UPDATE matches only rows still without sentiment.
+# NOTE: alerts stored for two equal admin URLs before NotificationPolicy removed duplicates
+# share one key, so the snapshots show one entry of each such pair.
+ROW_KEYS: dict[str, tuple[str, ...]] = {
+    "feedback": ("id",),
+    "outbox": ("feedback_id", "target", "created_at"),
+}
 
 
-def view_columns(table: str) -> str:
-    """Return the select list that converts rows read from the snapshot files of `table` to the database's types."""
-    casts = [
-        f"CAST({column} AS {view_type}) AS {column}" for column, (_, view_type) in NARROWED_COLUMNS[table].items()
-    ]
-    return f"* REPLACE ({', '.join(casts)})" if casts else "*"
+def file_columns(table: str, columns: Sequence[str]) -> str:
+    """Return the select list that writes rows of `table` as the snapshot files store them.
+
+    `columns` are the names of the source's columns: the database table, or snapshot files,
+    which may lack an omitted column. The list leaves out OMITTED_COLUMNS and casts
+    NARROWED_COLUMNS to their type in the files.
+    """
+    casts = {column: file_type for column, (file_type, _) in NARROWED_COLUMNS[table].items()}
+    return _select_list(table, columns, casts)
+
+
+def view_columns(table: str, columns: Sequence[str]) -> str:
+    """Return the select list that shows rows read from the snapshot files of `table` with the database's types.
+
+    Leaves out OMITTED_COLUMNS, which files written before they were omitted still contain.
+    """
+    casts = {column: view_type for column, (_, view_type) in NARROWED_COLUMNS[table].items()}
+    return _select_list(table, columns, casts)
+
+
+def newest_version_filter(table: str) -> str:
+    """Return the QUALIFY clause that keeps the version of each row of `table` with the highest change_seq."""
+    return f"QUALIFY row_number() OVER (PARTITION BY {', '.join(ROW_KEYS[table])} ORDER BY change_seq DESC) = 1"
+
+
+def _select_list(table: str, columns: Sequence[str], casts: Mapping[str, str]) -> str:
+    # An explicit list, because `* EXCLUDE (column)` fails on files that lack the column.
+    items = []
+    for column in columns:
+        if column in OMITTED_COLUMNS[table]:
+            continue
+        name = _quote_identifier(column)
+        items.append(f"CAST({name} AS {casts[column]}) AS {name}" if column in casts else name)
+    return ", ".join(items)
+
+
+def _quote_identifier(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 # Maximum sleep of the idle compaction thread before it looks for expired files again.
@@ -948,11 +1000,11 @@ class SnapshotPublisher:
         paths = [str(self.folder / snapshot_file.path) for snapshot_file in plan.inputs]
         # union_by_name: files written before a schema migration lack the new columns, and it
         # widens a narrowed column to the type of files written before the narrowing.
-        # `plan.table` comes from TABLES, so file_columns builds SQL from constants only.
+        # `plan.table` comes from TABLES, and file_columns quotes the files' column names.
+        columns = file_columns(plan.table, connection.read_parquet(paths, union_by_name=True).columns)
         rows = connection.execute(
-            f"COPY (SELECT {file_columns(plan.table)} FROM read_parquet(?, union_by_name = true) "
-            "QUALIFY row_number() OVER (PARTITION BY id ORDER BY change_seq DESC) = 1 ORDER BY change_seq) "
-            f"TO ? ({PARQUET_OPTIONS})",
+            f"COPY (SELECT {columns} FROM read_parquet(?, union_by_name = true) "
+            f"{newest_version_filter(plan.table)} ORDER BY change_seq) TO ? ({PARQUET_OPTIONS})",
             [paths, str(temp)],
         ).fetchall()
         return int(rows[0][0])
@@ -1248,8 +1300,9 @@ def _copy_changes(connection: duckdb.DuckDBPyConnection, table: str, after: int,
     the full rewrite that `SnapshotPublisher.request_rewrite` requests.
     """
     # `table` comes from TABLES, never from input, because a table name cannot be a parameter.
+    columns = file_columns(table, connection.table(table).columns)
     rows = connection.execute(
-        f"COPY (SELECT {file_columns(table)} FROM {table} WHERE change_seq > ? AND change_seq <= ? "
+        f"COPY (SELECT {columns} FROM {table} WHERE change_seq > ? AND change_seq <= ? "
         f"ORDER BY change_seq) TO ? ({PARQUET_OPTIONS})",
         [after, latest, str(temp)],
     ).fetchall()

@@ -16,7 +16,7 @@ from feedbackbot.snapshot_settings import SnapshotSettings
 from feedbackbot.snapshots import SnapshotPublisher
 from feedbackbot.store import FeedbackStore
 from models.feedback import FeedbackRecord
-from tests.unit.snapshot_data import fill_store, make_record
+from tests.unit.snapshot_data import START, fill_store, make_record
 
 
 @dataclass(frozen=True)
@@ -114,6 +114,31 @@ def test_notifications_view_has_every_entry(published: PublishedSnapshot) -> Non
         kinds = dict(connection.execute("SELECT kind, count(*) FROM notifications GROUP BY kind").fetchall())
 
     assert kinds == {"confirmation": len(published.records), "admin_alert": alerts}
+
+
+def test_views_leave_out_omitted_columns(published: PublishedSnapshot) -> None:
+    with analysis.connect(published.folder) as connection:
+        feedback_columns = connection.table("feedback").columns
+        notification_columns = connection.table("notifications").columns
+
+    assert "id" in feedback_columns
+    assert "request_id" not in feedback_columns
+    assert "id" not in notification_columns
+    assert {"feedback_id", "target", "created_at"} <= set(notification_columns)
+
+
+def test_export_notifications_orders_by_key(published: PublishedSnapshot, tmp_path: Path) -> None:
+    output = tmp_path / "notifications.parquet"
+
+    with analysis.connect(published.folder) as connection:
+        rows = analysis.export(
+            connection, view="notifications", since=START, output=output, file_format="parquet"
+        )
+    exported = duckdb.execute("SELECT created_at, feedback_id, target FROM read_parquet(?)", [str(output)]).fetchall()
+
+    assert rows == len(exported)
+    assert len(set(exported)) == len(exported)
+    assert exported == sorted(exported)
 
 
 def test_feedback_daily_counts_by_utc_day(published: PublishedSnapshot) -> None:

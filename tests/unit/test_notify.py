@@ -52,6 +52,18 @@ def test_policy_without_customer_url() -> None:
     assert policy.owed(record(1, "negative")) == []
 
 
+def test_policy_drops_duplicate_admin_targets() -> None:
+    first, second = admin_target_id("json://hooks.example.com/a"), admin_target_id("json://hooks.example.com/b")
+
+    policy = NotificationPolicy(
+        customer_enabled=True, admin_target_ids=(second, first, second, first), alert_max_rating=2
+    )
+
+    assert policy.admin_target_ids == (second, first)
+    assert [item.target for item in policy.owed(record(1, "negative"))] == [CUSTOMER_TARGET, second, first]
+    assert [item.target for item in policy.owed_after_enrichment(record(5, "negative"))] == [second, first]
+
+
 def test_admin_target_id_hides_url() -> None:
     url = "mailtos://user:hunter2@smtp.example.com?to=ops@example.com"
 

@@ -19,6 +19,7 @@ from feedbackbot.snapshots import FULL_COPY_MARKER_NAME, TEMP_SUFFIX, SnapshotPu
 from feedbackbot.store import FeedbackStore
 from models.feedback import DeliveryResult
 from tests.unit.snapshot_data import (
+    ADMIN_TARGET,
     START,
     as_float32,
     fill_store,
@@ -473,6 +474,85 @@ def test_old_style_file_reads_with_new(store: FeedbackStore, publisher: Snapshot
     # Compaction rewrites the old file's score as FLOAT too.
     assert compacted == {old.id: as_float32(0.123456789), new.id: as_float32(0.87)}
     assert abs(compacted[old.id] - 0.123456789) < 3e-8
+
+
+def test_copies_leave_out_omitted_columns(store: FeedbackStore, publisher: SnapshotPublisher, folder: Path) -> None:
+    first = make_record(rating=1)
+    store.commit_submissions([(first, None, owed_notifications(first))], now=START, idempotency_window_s=60)
+    full = publisher.publish(connection_of(store))
+    second = make_record(rating=2)
+    store.commit_submissions([(second, None, owed_notifications(second))], now=START, idempotency_window_s=60)
+    delta = publisher.publish(connection_of(store))
+    compaction = publisher.compact(force=True)
+    publisher.request_rewrite("test")
+    publisher.publish(connection_of(store))
+    assert publisher.wait_for_rewrite(READER_DEADLINE_S), "the snapshot rewrite did not finish in time"
+    rewritten = [f.path for table in snapshots.TABLES for f in read_manifest(folder).files(table)]
+
+    written = [*full.files, *delta.files, *compaction.files, *rewritten]
+    assert len(written) == 8
+    for relative in written:
+        table = relative.split("/")[0]
+        columns = set(physical_types(folder / relative))
+        assert columns.isdisjoint(snapshots.OMITTED_COLUMNS[table]), relative
+        assert set(snapshots.ROW_KEYS[table]) <= columns, relative
+
+
+def view_contents(folder: Path) -> dict[str, object]:
+    """Return the columns and rows of the feedback and notifications views."""
+    with analysis.connect(folder) as connection:
+        return {
+            "feedback_columns": connection.table("feedback").columns,
+            "notification_columns": connection.table("notifications").columns,
+            "feedback_ids": sorted(row[0] for row in connection.execute("SELECT id FROM feedback").fetchall()),
+            "notifications": sorted(
+                connection.execute("SELECT feedback_id, target, status FROM notifications").fetchall()
+            ),
+        }
+
+
+def test_old_layout_files_read_with_new(store: FeedbackStore, publisher: SnapshotPublisher, folder: Path) -> None:
+    old = make_record(rating=1)
+    store.commit_submissions([(old, None, owed_notifications(old))], now=START, idempotency_window_s=60)
+    full = publisher.publish(connection_of(store))
+    old_files = {relative.split("/")[0]: folder / relative for relative in full.files}
+    # Rewrite both bases as the publisher did before it left out the omitted columns.
+    connection_of(store).execute(
+        f"COPY (SELECT * FROM feedback) TO ? ({snapshots.PARQUET_OPTIONS})", [str(old_files["feedback"])]
+    )
+    connection_of(store).execute(
+        f"COPY (SELECT * FROM outbox) TO ? ({snapshots.PARQUET_OPTIONS})", [str(old_files["outbox"])]
+    )
+    # One of the old row's two entries is sent, so the delta contains a newer version of it.
+    claimed = store.claim_notifications(now=START, limit=1, lease_s=60)
+    store.finish_notifications([DeliveryResult(entry_id=claimed[0].entry.id, outcome="sent")], now=START)
+    new = make_record(rating=5)
+    store.commit_submissions([(new, None, owed_notifications(new))], now=START, idempotency_window_s=60)
+    delta = publisher.publish(connection_of(store))
+    delta_files = {relative.split("/")[0]: folder / relative for relative in delta.files}
+    assert "request_id" in physical_types(old_files["feedback"])
+    assert "id" in physical_types(old_files["outbox"])
+    assert "request_id" not in physical_types(delta_files["feedback"])
+    assert "id" not in physical_types(delta_files["outbox"])
+
+    mixed = view_contents(folder)
+    compaction = publisher.compact(force=True)
+    compacted = view_contents(folder)
+
+    sent_target = claimed[0].entry.target
+    other_target = ADMIN_TARGET if sent_target == "customer" else "customer"
+    assert "request_id" not in mixed["feedback_columns"]
+    assert "id" in mixed["feedback_columns"]
+    assert "id" not in mixed["notification_columns"]
+    assert mixed["feedback_ids"] == sorted([old.id, new.id])
+    assert mixed["notifications"] == sorted(
+        [(old.id, sent_target, "sent"), (old.id, other_target, "pending"), (new.id, "customer", "pending")]
+    )
+    assert compacted == mixed
+    assert len(compaction.files) == 2
+    for relative in compaction.files:
+        columns = set(physical_types(folder / relative))
+        assert columns.isdisjoint(snapshots.OMITTED_COLUMNS[relative.split("/")[0]]), relative
 
 
 def test_compaction_waits_for_threshold(store: FeedbackStore, publisher: SnapshotPublisher, folder: Path) -> None:
