@@ -2,8 +2,10 @@
 request after another with httpx, for a fixed time.
 
 Each worker sends its next request as soon as it receives the response to the previous
-one, so the number of requests in flight stays at the concurrency. Requests still in flight at the deadline
-are awaited and counted, so the measured time includes that tail.
+one, so the number of requests in flight stays at the concurrency. `run_load` runs one loop
+for a fixed time; requests still in flight at the deadline are awaited and counted, so the
+measured time includes that tail. `run_windows` keeps one loop running through a warm-up and
+several measurement windows.
 
 A 429 or 503 is handled as a well-behaved client would: the worker waits for Retry-After
 (at most RETRY_AFTER_MAX_S) plus a random extra of up to half of it, and sends the same
@@ -20,6 +22,7 @@ import math
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
@@ -139,7 +142,7 @@ async def run_load(
     ) as client:
         started = time.perf_counter()
         deadline = started + duration_s
-        workers = [_worker(client, factory, deadline, result) for _ in range(concurrency)]
+        workers = [_worker(client, factory, deadline, lambda sent_at: result) for _ in range(concurrency)]
         await asyncio.gather(*workers)
         result.elapsed_s = time.perf_counter() - started
 
@@ -147,28 +150,94 @@ async def run_load(
     return result
 
 
-async def _worker(client: httpx.AsyncClient, factory: RequestFactory, deadline: float, result: LoadResult) -> None:
+async def run_windows(
+    base_url: str,
+    api_key: str,
+    factory: RequestFactory,
+    *,
+    concurrency: int,
+    warmup_s: float,
+    duration_s: float,
+    windows: int,
+    on_boundary: Callable[[int], None] | None = None,
+) -> list[LoadResult]:
+    """Send requests with `concurrency` workers through a warm-up and `windows` measurements of `duration_s` each.
+
+    The workers run without a pause from the warm-up to the end of the last window, so no
+    window starts with every worker sending at once. A try counts in the window in which it
+    was sent, and warm-up tries count nowhere. Tries still in flight after the last window
+    are awaited and counted in it. Each window's elapsed time is `duration_s`: a closed loop
+    sends tries at the rate at which they complete. `on_boundary(i)` runs at the start of
+    window i and, with i equal to `windows`, once the tries of the last window have completed.
+    """
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    results = [
+        LoadResult(concurrency=concurrency, elapsed_s=duration_s, requests=0, ok=0, items_accepted=0, items_rejected=0)
+        for _ in range(windows)
+    ]
+    process = psutil.Process()
+    cpu_at_boundaries: list[float] = []
+
+    def boundary(index: int) -> None:
+        cpu_at_boundaries.append(sum(process.cpu_times()[:2]))
+        if on_boundary is not None:
+            on_boundary(index)
+
+    async with httpx.AsyncClient(
+        base_url=base_url, headers={"X-API-Key": api_key}, limits=limits, timeout=REQUEST_TIMEOUT_S
+    ) as client:
+        first_window_at = time.perf_counter() + warmup_s
+        deadline = first_window_at + windows * duration_s
+
+        def result_for(sent_at: float) -> LoadResult | None:
+            index = math.floor((sent_at - first_window_at) / duration_s)
+            return results[min(index, windows - 1)] if index >= 0 else None
+
+        async def mark_boundaries() -> None:
+            for index in range(windows):
+                await asyncio.sleep(max(first_window_at + index * duration_s - time.perf_counter(), 0.0))
+                boundary(index)
+
+        workers = [_worker(client, factory, deadline, result_for) for _ in range(concurrency)]
+        await asyncio.gather(mark_boundaries(), *workers)
+
+    boundary(windows)
+    for index, result in enumerate(results):
+        result.client_cpu_s = cpu_at_boundaries[index + 1] - cpu_at_boundaries[index]
+    return results
+
+
+async def _worker(
+    client: httpx.AsyncClient, factory: RequestFactory, deadline: float, result_for: Callable[[float], LoadResult | None]
+) -> None:
+    """Send requests until `deadline`; record each try in the result that `result_for(sent_at)` returns, if any."""
     retry: tuple[PlannedRequest, float] | None = None
-    while time.perf_counter() < deadline and result.requests < MAX_REQUESTS:
+    while time.perf_counter() < deadline:
         planned, first_sent_at = retry if retry is not None else (factory(), time.perf_counter())
         retry = None
-        result.requests += 1
         sent_at = time.perf_counter()
+        result = result_for(sent_at)
+        if result is not None:
+            if result.requests >= MAX_REQUESTS:
+                return
+            result.requests += 1
 
         try:
             response = await client.post(planned.path, content=planned.body, headers=planned.headers)
         except httpx.HTTPError as error:
-            result.statuses[f"transport:{type(error).__name__}"] += 1
+            if result is not None:
+                result.statuses[f"transport:{type(error).__name__}"] += 1
             continue
 
         latency_s = time.perf_counter() - sent_at
-        result.statuses[str(response.status_code)] += 1
+        if result is not None:
+            result.statuses[str(response.status_code)] += 1
         if response.status_code in (429, 503):
             wait_s = retry_after_s(response) * random.uniform(1.0, 1.5)
             await asyncio.sleep(min(wait_s, max(deadline - time.perf_counter(), 0.0)))
             retry = (planned, first_sent_at)
             continue
-        if not response.is_success:
+        if not response.is_success or result is None:
             continue
 
         accepted, rejected, without_sentiment = count_items(planned, response)

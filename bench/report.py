@@ -246,6 +246,30 @@ def _machine(results: dict[str, Any]) -> list[str]:
     return ["## Machine and versions", ""] + markdown_table(["", ""], rows)
 
 
+def _load_windows(options: dict[str, Any]) -> str:
+    """Return the sentences on how the load generator splits a setting into warm-up and measurements."""
+    warmup, repeats = f"{options['warmup_s']:g} s", options["repeats"]
+    batches = (
+        f"For batches, a new loop runs a {warmup} warm-up and then each of {repeats} measurements of "
+        f"{options['batch_duration_s']:g} s; batches still in flight at the end of one are awaited and counted. "
+    )
+    if not options.get("single_windows"):
+        return (
+            f"Before each setting a {warmup} warm-up runs, then {repeats} measurements of {options['duration_s']:g} s "
+            f"(single) or {options['batch_duration_s']:g} s (batch). Requests still in flight at the end are awaited "
+            "and counted. "
+        )
+    return (
+        f"For single submissions, one loop runs without a pause through a {warmup} warm-up and {repeats} "
+        f"measurements of {options['duration_s']:g} s each. A try counts in the measurement in which it was sent, "
+        "tries still in flight after the last one are awaited and counted in it, and items/s divides by the "
+        "measurement's duration. A new loop per measurement would "
+        "start with every worker sending at once; behind an in-flight limit most of them then get 503 and come "
+        "back in waves, which raised p99 in earlier runs. "
+        + batches
+    )
+
+
 def _method(results: dict[str, Any]) -> list[str]:
     options = results["options"]
     threads = results["service_torch_threads"]
@@ -274,10 +298,9 @@ def _method(results: dict[str, Any]) -> list[str]:
         ),
         "- **Load generator** (`bench/loadgen.py`): a closed loop of asyncio workers with httpx keep-alive connections, one "
         "per unit of concurrency; each worker sends its next request when the previous one is answered. Each request "
-        "has a new `Idempotency-Key`; the bodies cycle through the 337 valid lines of the sample data set. Before each "
-        f"setting a {options['warmup_s']:g} s warm-up runs, then {options['repeats']} measurements of "
-        f"{options['duration_s']:g} s (single) or {options['batch_duration_s']:g} s (batch). Requests still in flight "
-        "at the end are awaited and counted. After a 429 or 503 a worker waits for its Retry-After (at most 5 s) "
+        "has a new `Idempotency-Key`; the bodies cycle through the 337 valid lines of the sample data set. "
+        + _load_windows(options)
+        + "After a 429 or 503 a worker waits for its Retry-After (at most 5 s) "
         "times a random factor from 1 to 1.5 and sends the same request again, as a well-behaved client does. The tables show the median over the repeats; "
         "latency percentiles are nearest-rank over the successful responses of one measurement; *p99 incl. retries* "
         "measures from a submission's first try to its success, waits after a 503 included. Errors are summed over "

@@ -35,7 +35,7 @@ import httpx
 import psutil
 
 from bench import profiling, report
-from bench.loadgen import LoadResult, probe, run_load
+from bench.loadgen import LoadResult, probe, run_load, run_windows
 from bench.processes import CpuMeter, CpuUse, PeakMemorySampler, memory_snapshot, role_of
 from bench.stacks import BaselinePorts, BaselineStack, RayStack, serve_settings
 from bench.workload import batch_requests, load_valid_submissions, max_batch_body_bytes, new_run_id, single_requests
@@ -427,15 +427,12 @@ class BenchmarkRun:
         description = f"{kind} submissions" if kind == "single" else f"batches of {batch_size}"
         loadavg = os.getloadavg()[0]
         self.say(f"{label}: {description} at concurrency {concurrency}: warming up {self.options.warmup_s:.0f} s (load average {loadavg:.2f})")
-        asyncio.run(run_load(url, api_key, factory, concurrency=concurrency, duration_s=self.options.warmup_s))
+        if kind == "single":
+            runs = self._measure_windows(url, api_key, roots, factory, concurrency, duration_s)
+        else:
+            runs = self._measure_repeats(url, api_key, roots, factory, concurrency, duration_s)
 
-        runs: list[tuple[LoadResult, CpuUse]] = []
-        for repeat in range(1, self.options.repeats + 1):
-            meter = CpuMeter(roots())
-            meter.start()
-            result = asyncio.run(run_load(url, api_key, factory, concurrency=concurrency, duration_s=duration_s))
-            usage = meter.stop()
-            runs.append((result, usage))
+        for repeat, (result, usage) in enumerate(runs, start=1):
             errors = ", ".join(f"{outcome}: {count}" for outcome, count in result.errors().items()) or "none"
             self.say(
                 f"{label}: {description} at concurrency {concurrency}, run {repeat}/{self.options.repeats}: "
@@ -444,6 +441,56 @@ class BenchmarkRun:
             )
 
         return summarize_runs(kind, runs, loadavg, batch_size), [usage for _, usage in runs]
+
+    def _measure_windows(
+        self, url: str, api_key: str, roots: Callable[[], list[int]], factory: Any, concurrency: int, duration_s: float
+    ) -> list[tuple[LoadResult, CpuUse]]:
+        """Measure single submissions in consecutive windows of one closed loop that starts with the warm-up.
+
+        A new loop per repeat would start with every worker sending at once. Behind an
+        in-flight limit most of them get 503 and come back in waves, which inflated p99.
+        """
+        usages: list[CpuUse] = []
+        meters: list[CpuMeter] = []
+
+        def on_boundary(index: int) -> None:
+            if meters:
+                usages.append(meters.pop().stop())
+            if index < self.options.repeats:
+                meters.append(CpuMeter(roots()))
+                meters[0].start()
+
+        results = asyncio.run(
+            run_windows(
+                url,
+                api_key,
+                factory,
+                concurrency=concurrency,
+                warmup_s=self.options.warmup_s,
+                duration_s=duration_s,
+                windows=self.options.repeats,
+                on_boundary=on_boundary,
+            )
+        )
+        return list(zip(results, usages))
+
+    def _measure_repeats(
+        self, url: str, api_key: str, roots: Callable[[], list[int]], factory: Any, concurrency: int, duration_s: float
+    ) -> list[tuple[LoadResult, CpuUse]]:
+        """Measure batches in a new closed loop per repeat, after a warm-up loop.
+
+        A batch takes seconds, so a window of a continuous loop would count one batch more or
+        less by chance. A loop per repeat awaits its last batches instead.
+        """
+        asyncio.run(run_load(url, api_key, factory, concurrency=concurrency, duration_s=self.options.warmup_s))
+
+        runs: list[tuple[LoadResult, CpuUse]] = []
+        for _ in range(self.options.repeats):
+            meter = CpuMeter(roots())
+            meter.start()
+            result = asyncio.run(run_load(url, api_key, factory, concurrency=concurrency, duration_s=duration_s))
+            runs.append((result, meter.stop()))
+        return runs
 
     def _drain_outbox(self, url: str, label: str) -> dict[str, Any]:
         """Wait until the outbox has no pending entry, so that the next measurement starts even."""
@@ -564,6 +611,8 @@ def _options_dict(options: Options) -> dict[str, Any]:
     values["artifacts"] = str(options.artifacts)
     values["skip"] = sorted(options.skip)
     values["render"] = str(options.render) if options.render else None
+    # Runs before this key restarted the load generator for every repeat of single submissions.
+    values["single_windows"] = True
     return values
 
 
