@@ -328,7 +328,8 @@ addresses and texts.
 Exit status:
   0  done
   1  reading the snapshot or writing the output failed
-  2  usage error: bad arguments, an invalid date or invalid SQL
+  2  usage error: bad arguments (a missing --output folder included), an invalid date or
+     invalid SQL
   3  no snapshot has been published in the folder yet
 """
 
