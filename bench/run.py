@@ -60,6 +60,21 @@ SERVICE_PORTS = Ports(
     direct_http_first=30200,
     direct_grpc_first=30400,
 )
+# The copy of the service that does not publish, which runs beside SERVICE_PORTS' copy.
+NO_PUBLISH_PORTS = Ports(
+    gateway=39080,
+    serve=39000,
+    ray_gcs=39379,
+    dashboard=39265,
+    ray_client=39001,
+    dashboard_agent=52566,
+    mail=39525,
+    metrics_export=39090,
+    haproxy_stats=39650,
+    haproxy_metrics=39651,
+    direct_http_first=31200,
+    direct_grpc_first=31400,
+)
 OUTBOX_DRAIN_TIMEOUT_S = 120.0
 # snapshot_max_age_s of the comparison run: persistence then publishes only at its start.
 NO_PUBLISH_MAX_AGE_S = 3600.0
@@ -189,7 +204,7 @@ class BenchmarkRun:
         if "pipeline" not in options.skip:
             self._guard("pipeline", self.measure_pipeline)
         if "snapshots" not in options.skip and "pipeline" not in options.skip:
-            self._guard("snapshots", self.measure_without_snapshots)
+            self._guard("snapshots", self.measure_snapshot_cost)
         if "baseline" not in options.skip:
             self._guard("baseline", self.measure_baseline)
 
@@ -290,46 +305,82 @@ class BenchmarkRun:
             stack.save_logs(self.options.artifacts / "service-logs")
             shutil.rmtree(data_dir, ignore_errors=True)
 
-    def measure_without_snapshots(self) -> None:
-        """Measure the service again with snapshot publishing held off, for the cost of publishing.
+    def measure_snapshot_cost(self) -> None:
+        """Measure the cost of publishing with two copies of the service, loaded in turn.
 
-        `snapshot_max_age_s` of 3600 makes persistence publish at its start and then every
-        30 minutes, so no publish falls into the measurements.
+        One copy publishes as configured. The other runs with `snapshot_max_age_s` of 3600,
+        so it publishes at its start and then every 30 minutes, never during a measurement.
+        Both run for the whole phase, and the load generator alternates between them in the
+        order A B B A A B. The machine's speed drifted by tens of percent within minutes, so
+        measuring one copy after the other mistook that drift for a cost.
         """
         options = self.options
-        data_dir = Path(tempfile.mkdtemp(prefix="feedbackbot-benchrun-nosnap-"))
-        stack = RayStack(
-            data_dir, SERVICE_PORTS, progress=self.say, fast_ingress=options.fast_ingress,
-            app_overrides={"snapshot_max_age_s": NO_PUBLISH_MAX_AGE_S},
-        )  # fmt: skip
-        without: dict[str, Any] = {"snapshot_max_age_s": NO_PUBLISH_MAX_AGE_S}
+        concurrency = max(options.concurrencies)
+        folders = {
+            "with": Path(tempfile.mkdtemp(prefix="feedbackbot-benchrun-snap-")),
+            "without": Path(tempfile.mkdtemp(prefix="feedbackbot-benchrun-nosnap-")),
+        }
+        stacks = {
+            "with": RayStack(folders["with"], SERVICE_PORTS, progress=self.say, fast_ingress=options.fast_ingress),
+            "without": RayStack(
+                folders["without"], NO_PUBLISH_PORTS, progress=self.say, fast_ingress=options.fast_ingress,
+                app_overrides={"snapshot_max_age_s": NO_PUBLISH_MAX_AGE_S},
+            ),
+        }  # fmt: skip
+        with_results: dict[str, Any] = {}
+        without: dict[str, Any] = {"snapshot_max_age_s": NO_PUBLISH_MAX_AGE_S, "alternated": True}
+        self.results["with_snapshots"] = with_results
         self.results["without_snapshots"] = without
 
         try:
-            self.say(f"Without snapshots: starting the service with snapshot_max_age_s {NO_PUBLISH_MAX_AGE_S:g} in {data_dir}")
-            stack.start()
-            concurrency = max(options.concurrencies)
-            factory = single_requests(self.submissions, f"{self.run_id}-N{concurrency}")
-            summary, _ = self._measure(
-                stack.url, stack.api_key, stack.roots, factory, "single", concurrency, options.duration_s, "Without snapshots"
-            )
-            summary.update(self._drain_outbox(stack.url, "Without snapshots"))
-            without["single"] = summary
+            for side, stack in stacks.items():
+                self.say(f"Snapshot cost: starting the service {side} snapshots in {folders[side]}")
+                stack.start()
+
+            factories = {side: single_requests(self.submissions, f"{self.run_id}-{side}{concurrency}") for side in stacks}
+            runs = self._alternate(stacks, factories, "single", concurrency, options.duration_s)
+            with_results["single"] = summarize_runs("single", runs["with"], os.getloadavg()[0])
+            without["single"] = summarize_runs("single", runs["without"], os.getloadavg()[0])
 
             if "batch" not in options.skip:
                 batch_size, batch_concurrency = max(options.batch_sizes), max(options.batch_concurrencies)
-                factory = batch_requests(self.submissions, f"{self.run_id}-NB{batch_size}x{batch_concurrency}", batch_size)
-                summary, _ = self._measure(
-                    stack.url, stack.api_key, stack.roots, factory, "batch", batch_concurrency,
-                    options.batch_duration_s, "Without snapshots", batch_size=batch_size,
-                )  # fmt: skip
-                summary.update(self._drain_outbox(stack.url, "Without snapshots"))
-                without["batch"] = summary
+                factories = {
+                    side: batch_requests(self.submissions, f"{self.run_id}-{side}B{batch_size}x{batch_concurrency}", batch_size)
+                    for side in stacks
+                }
+                runs = self._alternate(stacks, factories, "batch", batch_concurrency, options.batch_duration_s)
+                with_results["batch"] = summarize_runs("batch", runs["with"], os.getloadavg()[0], batch_size)
+                without["batch"] = summarize_runs("batch", runs["without"], os.getloadavg()[0], batch_size)
         finally:
-            self.say("Without snapshots: stopping the service")
-            leftovers = stack.stop()
-            self._report_leftovers("service without snapshots", leftovers)
-            shutil.rmtree(data_dir, ignore_errors=True)
+            for side, stack in stacks.items():
+                self.say(f"Snapshot cost: stopping the service {side} snapshots")
+                leftovers = stack.stop()
+                self._report_leftovers(f"service {side} snapshots", leftovers)
+                shutil.rmtree(folders[side], ignore_errors=True)
+
+    def _alternate(
+        self, stacks: dict[str, RayStack], factories: dict[str, Any], kind: str, concurrency: int, duration_s: float
+    ) -> dict[str, list[tuple[LoadResult, CpuUse]]]:
+        """Measure each stack `repeats` times in turns that alternate which one goes first; return the runs by side."""
+        runs: dict[str, list[tuple[LoadResult, CpuUse]]] = {side: [] for side in stacks}
+        sides = list(stacks)
+        for repeat in range(self.options.repeats):
+            order = sides if repeat % 2 == 0 else sides[::-1]
+            for side in order:
+                stack = stacks[side]
+                label = f"Snapshot cost, {side} snapshots"
+                if kind == "single":
+                    measured = self._measure_windows(stack.url, stack.api_key, stack.roots, factories[side], concurrency, duration_s, windows=1)
+                else:
+                    measured = self._measure_repeats(stack.url, stack.api_key, stack.roots, factories[side], concurrency, duration_s, repeats=1)
+                result, usage = measured[0]
+                runs[side].append((result, usage))
+                self.say(
+                    f"{label}: {kind} at concurrency {concurrency}, turn {repeat + 1}/{self.options.repeats}: "
+                    f"{result.items_per_s:.1f} items/s, p99 {result.latency_ms(99):.0f} ms"
+                )
+                self._drain_outbox(stack.url, label)
+        return runs
 
     def _measure_rest_memory(self, roots: Callable[[], list[int]], target: dict[str, Any], key: str) -> None:
         self.say(f"Waiting {self.options.settle_s:.0f} s for the stack to settle, then reading its memory at rest")
@@ -443,20 +494,28 @@ class BenchmarkRun:
         return summarize_runs(kind, runs, loadavg, batch_size), [usage for _, usage in runs]
 
     def _measure_windows(
-        self, url: str, api_key: str, roots: Callable[[], list[int]], factory: Any, concurrency: int, duration_s: float
+        self,
+        url: str,
+        api_key: str,
+        roots: Callable[[], list[int]],
+        factory: Any,
+        concurrency: int,
+        duration_s: float,
+        windows: int | None = None,
     ) -> list[tuple[LoadResult, CpuUse]]:
         """Measure single submissions in consecutive windows of one closed loop that starts with the warm-up.
 
         A new loop per repeat would start with every worker sending at once. Behind an
         in-flight limit most of them get 503 and come back in waves, which inflated p99.
         """
+        windows = windows or self.options.repeats
         usages: list[CpuUse] = []
         meters: list[CpuMeter] = []
 
         def on_boundary(index: int) -> None:
             if meters:
                 usages.append(meters.pop().stop())
-            if index < self.options.repeats:
+            if index < windows:
                 meters.append(CpuMeter(roots()))
                 meters[0].start()
 
@@ -468,14 +527,21 @@ class BenchmarkRun:
                 concurrency=concurrency,
                 warmup_s=self.options.warmup_s,
                 duration_s=duration_s,
-                windows=self.options.repeats,
+                windows=windows,
                 on_boundary=on_boundary,
             )
         )
         return list(zip(results, usages))
 
     def _measure_repeats(
-        self, url: str, api_key: str, roots: Callable[[], list[int]], factory: Any, concurrency: int, duration_s: float
+        self,
+        url: str,
+        api_key: str,
+        roots: Callable[[], list[int]],
+        factory: Any,
+        concurrency: int,
+        duration_s: float,
+        repeats: int | None = None,
     ) -> list[tuple[LoadResult, CpuUse]]:
         """Measure batches in a new closed loop per repeat, after a warm-up loop.
 
@@ -485,7 +551,7 @@ class BenchmarkRun:
         asyncio.run(run_load(url, api_key, factory, concurrency=concurrency, duration_s=self.options.warmup_s))
 
         runs: list[tuple[LoadResult, CpuUse]] = []
-        for _ in range(self.options.repeats):
+        for _ in range(repeats or self.options.repeats):
             meter = CpuMeter(roots())
             meter.start()
             result = asyncio.run(run_load(url, api_key, factory, concurrency=concurrency, duration_s=duration_s))
