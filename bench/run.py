@@ -369,11 +369,9 @@ class BenchmarkRun:
             for side in order:
                 stack = stacks[side]
                 label = f"Snapshot cost, {side} snapshots"
-                if kind == "single":
-                    measured = self._measure_windows(stack.url, stack.api_key, stack.roots, factories[side], concurrency, duration_s, windows=1)
-                else:
-                    measured = self._measure_repeats(stack.url, stack.api_key, stack.roots, factories[side], concurrency, duration_s, repeats=1)
-                result, usage = measured[0]
+                [(result, usage)] = self._measure_runs(
+                    stack.url, stack.api_key, stack.roots, factories[side], kind, concurrency, duration_s, 1
+                )
                 runs[side].append((result, usage))
                 self.say(
                     f"{label}: {kind} at concurrency {concurrency}, turn {repeat + 1}/{self.options.repeats}: "
@@ -478,10 +476,7 @@ class BenchmarkRun:
         description = f"{kind} submissions" if kind == "single" else f"batches of {batch_size}"
         loadavg = os.getloadavg()[0]
         self.say(f"{label}: {description} at concurrency {concurrency}: warming up {self.options.warmup_s:.0f} s (load average {loadavg:.2f})")
-        if kind == "single":
-            runs = self._measure_windows(url, api_key, roots, factory, concurrency, duration_s)
-        else:
-            runs = self._measure_repeats(url, api_key, roots, factory, concurrency, duration_s)
+        runs = self._measure_runs(url, api_key, roots, factory, kind, concurrency, duration_s, self.options.repeats)
 
         for repeat, (result, usage) in enumerate(runs, start=1):
             errors = ", ".join(f"{outcome}: {count}" for outcome, count in result.errors().items()) or "none"
@@ -493,31 +488,45 @@ class BenchmarkRun:
 
         return summarize_runs(kind, runs, loadavg, batch_size), [usage for _, usage in runs]
 
-    def _measure_windows(
+    def _measure_runs(
         self,
         url: str,
         api_key: str,
         roots: Callable[[], list[int]],
         factory: Any,
+        kind: str,
         concurrency: int,
         duration_s: float,
-        windows: int | None = None,
+        count: int,
     ) -> list[tuple[LoadResult, CpuUse]]:
-        """Measure single submissions in consecutive windows of one closed loop that starts with the warm-up.
+        """Warm up, then measure `count` times, and return each measurement with its CPU use.
 
-        A new loop per repeat would start with every worker sending at once. Behind an
-        in-flight limit most of them get 503 and come back in waves, which inflated p99.
+        Single submissions run as consecutive windows of one closed loop. A new loop per
+        measurement would start with every worker sending at once, and behind an in-flight
+        limit most of them would get 503 and come back in waves, which inflated p99. A batch
+        takes seconds, so a window would count one batch more or less by chance. Batches
+        therefore get a new loop per measurement, which awaits its last batches.
         """
-        windows = windows or self.options.repeats
+        if kind != "single":
+            asyncio.run(run_load(url, api_key, factory, concurrency=concurrency, duration_s=self.options.warmup_s))
+            runs: list[tuple[LoadResult, CpuUse]] = []
+            for _ in range(count):
+                meter = CpuMeter(roots())
+                meter.start()
+                result = asyncio.run(run_load(url, api_key, factory, concurrency=concurrency, duration_s=duration_s))
+                runs.append((result, meter.stop()))
+            return runs
+
         usages: list[CpuUse] = []
-        meters: list[CpuMeter] = []
+        meter: CpuMeter | None = None
 
         def on_boundary(index: int) -> None:
-            if meters:
-                usages.append(meters.pop().stop())
-            if index < windows:
-                meters.append(CpuMeter(roots()))
-                meters[0].start()
+            nonlocal meter
+            if meter is not None:
+                usages.append(meter.stop())
+            meter = CpuMeter(roots()) if index < count else None
+            if meter is not None:
+                meter.start()
 
         results = asyncio.run(
             run_windows(
@@ -527,36 +536,11 @@ class BenchmarkRun:
                 concurrency=concurrency,
                 warmup_s=self.options.warmup_s,
                 duration_s=duration_s,
-                windows=windows,
+                windows=count,
                 on_boundary=on_boundary,
             )
         )
         return list(zip(results, usages))
-
-    def _measure_repeats(
-        self,
-        url: str,
-        api_key: str,
-        roots: Callable[[], list[int]],
-        factory: Any,
-        concurrency: int,
-        duration_s: float,
-        repeats: int | None = None,
-    ) -> list[tuple[LoadResult, CpuUse]]:
-        """Measure batches in a new closed loop per repeat, after a warm-up loop.
-
-        A batch takes seconds, so a window of a continuous loop would count one batch more or
-        less by chance. A loop per repeat awaits its last batches instead.
-        """
-        asyncio.run(run_load(url, api_key, factory, concurrency=concurrency, duration_s=self.options.warmup_s))
-
-        runs: list[tuple[LoadResult, CpuUse]] = []
-        for _ in range(repeats or self.options.repeats):
-            meter = CpuMeter(roots())
-            meter.start()
-            result = asyncio.run(run_load(url, api_key, factory, concurrency=concurrency, duration_s=duration_s))
-            runs.append((result, meter.stop()))
-        return runs
 
     def _drain_outbox(self, url: str, label: str) -> dict[str, Any]:
         """Wait until the outbox has no pending entry, so that the next measurement starts even."""

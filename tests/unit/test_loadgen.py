@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from bench.loadgen import run_windows
-from bench.workload import SINGLE_PATH, PlannedRequest
+from bench.workload import SINGLE_PATH, PlannedRequest, RequestFactory
 
 RESPONSE_DELAY_S = 0.02
 
@@ -60,7 +60,7 @@ def server() -> Iterator[Server]:
     thread.join(timeout=10.0)
 
 
-def counting_factory() -> tuple[list[str], object]:
+def counting_factory() -> tuple[list[str], RequestFactory]:
     sent: list[str] = []
 
     def next_request() -> PlannedRequest:
@@ -74,7 +74,7 @@ def counting_factory() -> tuple[list[str], object]:
 def test_windows_split_one_loop(server: Server) -> None:
     server.keys.clear()
     boundaries: list[tuple[int, float]] = []
-    sent, factory = counting_factory()
+    _, factory = counting_factory()
 
     started = time.perf_counter()
     results = asyncio.run(
