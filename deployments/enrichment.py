@@ -12,7 +12,7 @@ from ray import serve
 from feedbackbot.errors import EnrichmentError
 from feedbackbot.logcontext import as_request
 from feedbackbot.metrics import EnrichmentMetrics
-from feedbackbot.sentiment import SentimentModel, label_for_score
+from feedbackbot.sentiment import SentimentModel, label_for_score, split_for_workers
 from feedbackbot.settings import EnrichmentSettings, load_settings
 from models.feedback import Sentiment, TextToScore
 
@@ -94,16 +94,28 @@ class Enrichment:
     async def _predict(self, texts: list[str]) -> list[float]:
         """Return P(positive) of each text; raises EnrichmentError when the model fails."""
         await self._run_failure_drill(len(texts))
+        batch_size = self._settings.model_batch_size
+        shares = split_for_workers(texts, batch_size, self._settings.model_workers)
         try:
-            # The model runs in a worker thread so that the replica keeps accepting calls,
-            # which then form the next batch.
-            return await asyncio.to_thread(
-                self._model.predict_positive, texts, batch_size=self._settings.model_batch_size
+            # The model runs in worker threads so that the replica keeps accepting calls,
+            # which then form the next batch. Torch releases the GIL inside its kernels, so
+            # the threads' forward passes run in parallel.
+            share_scores = await asyncio.gather(
+                *(
+                    asyncio.to_thread(self._model.predict_positive, [texts[index] for index in share], batch_size=batch_size)
+                    for share in shares
+                )
             )
         except (RuntimeError, ValueError) as error:
             raise EnrichmentError(
                 f"Sentiment model {self._model.version} failed on a batch of {len(texts)} texts: {error}"
             ) from error
+
+        scores = [0.0] * len(texts)
+        for share, values in zip(shares, share_scores, strict=True):
+            for index, score in zip(share, values, strict=True):
+                scores[index] = score
+        return scores
 
     async def _run_failure_drill(self, batch_size: int) -> None:
         """Fail or hang this batch while a failure drill is configured; return at once otherwise."""

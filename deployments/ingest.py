@@ -23,7 +23,7 @@ from ray.serve.handle import DeploymentHandle
 
 from feedbackbot.errors import EnrichmentError, StoreError, error_summary
 from feedbackbot.metrics import IngestMetrics
-from feedbackbot.settings import BatchSettings, StageTimeouts, load_settings
+from feedbackbot.settings import IngestSettings, StageTimeouts, load_settings
 from feedbackbot.http_api import (
     ERROR_RESPONSES,
     HEALTH_RESPONSES,
@@ -138,6 +138,10 @@ class Ingest:
         self._persistence = persistence
         self._notification = notification
         self._metrics = IngestMetrics()
+        self._settings = IngestSettings(max_batch_size=GROUP_MAX_SIZE, batch_wait_timeout_s=GROUP_WAIT_S)
+        # Single submissions in this replica; groups wait longer while there are many.
+        self._in_flight = 0
+        self._busy = False
 
     @api.post(
         "/v1/feedback",
@@ -179,6 +183,19 @@ class Ingest:
 
         The API passes the Idempotency-Key header's claim, the web form its form key's claim.
         """
+        self._count_in_flight(1)
+        try:
+            return await self._accept_counted(request, payload, from_form, claim_of)
+        finally:
+            self._count_in_flight(-1)
+
+    async def _accept_counted(
+        self,
+        request: Request,
+        payload: object,
+        from_form: bool,
+        claim_of: Callable[[Request, FeedbackSubmission], IdempotencyClaim | JSONResponse | None],
+    ) -> JSONResponse:
         # The id is drawn before validation so that every deployment's log lines of this
         # request can name it. It is used only when the submission is valid.
         feedback_id = uuid.uuid4()
@@ -289,12 +306,28 @@ class Ingest:
         return await await_within(self._persistence.store_each.remote(items), self._timeouts.persistence_timeout_s)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Apply the group size and wait of single submissions from user_config without a restart."""
-        settings = load_settings(BatchSettings, user_config)
-        for grouped in (self._validate_together, self._find_claims_together, self._score_together, self._store_together):
-            grouped.set_max_batch_size(settings.max_batch_size)
-            grouped.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
-        logger.info("Applied ingest settings %s", settings.model_dump())
+        """Apply the group size and waits of single submissions from user_config without a restart."""
+        self._settings = load_settings(IngestSettings, user_config)
+        for grouped in self._groups():
+            grouped.set_max_batch_size(self._settings.max_batch_size)
+        self._apply_group_wait()
+        logger.info("Applied ingest settings %s", self._settings.model_dump())
+
+    def _count_in_flight(self, change: int) -> None:
+        """Count a single submission in or out, and switch the group wait when load crosses busy_in_flight."""
+        self._in_flight += change
+        busy = self._in_flight >= self._settings.busy_in_flight
+        if busy != self._busy:
+            self._busy = busy
+            self._apply_group_wait()
+
+    def _groups(self) -> tuple[Any, ...]:
+        return (self._validate_together, self._find_claims_together, self._score_together, self._store_together)
+
+    def _apply_group_wait(self) -> None:
+        wait_s = self._settings.busy_batch_wait_timeout_s if self._busy else self._settings.batch_wait_timeout_s
+        for grouped in self._groups():
+            grouped.set_batch_wait_timeout_s(wait_s)
 
     def _unavailable(self, request: Request, problem: str, *, same_key: bool = False) -> JSONResponse:
         """Return the retryable 503 in the common error shape."""

@@ -26,7 +26,7 @@ from ray.serve.handle import DeploymentHandle
 
 from feedbackbot.errors import error_summary
 from feedbackbot.metrics import NotificationMetrics
-from feedbackbot.notify import CUSTOMER_TARGET, CircuitBreaker, admin_target_id, backoff_delay_s
+from feedbackbot.notify import CUSTOMER_TARGET, CircuitBreaker, admin_target_id, backoff_delay_s, set_thread_cpu_priority
 from feedbackbot.redact import mask_url
 from feedbackbot.settings import NotifySettings
 from feedbackbot.smtp_tls import reuse_smtp_tls_contexts
@@ -108,10 +108,11 @@ class Notification:
         self.sent_count = 0
         self.failed_count = 0
         reuse_smtp_tls_contexts()
+        priority = set_thread_cpu_priority(settings.notify_cpu_priority)
 
         self._sender = asyncio.get_running_loop().create_task(self._send_forever())
         targets = {target: mask_url(url) for target, url in self._urls.items()}
-        logger.info("Started the outbox sender; targets %s", targets or "none")
+        logger.info("Started the outbox sender at %s CPU priority; targets %s", priority, targets or "none")
 
     async def _send_forever(self) -> None:
         poll_s = self._settings.notify_poll_interval_s
@@ -129,6 +130,10 @@ class Notification:
 
             if claimed:
                 await self._deliver_batch(claimed)
+            if 0 < len(claimed) < CLAIM_BATCH_SIZE and not self._stopping:
+                # The outbox is not backlogged: let the entries of the next commits gather, so
+                # that the writer serves fewer, larger claims.
+                await asyncio.sleep(self._settings.notify_claim_gather_s)
 
     async def _deliver_batch(self, claimed: list[ClaimedNotification]) -> None:
         results = await asyncio.gather(*(self._deliver(item) for item in claimed))

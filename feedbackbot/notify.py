@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -19,6 +20,26 @@ from models.feedback import FeedbackRecord, OwedNotification
 logger = logging.getLogger("ray.serve")
 
 CUSTOMER_TARGET = "customer"
+
+
+def set_thread_cpu_priority(priority: str) -> str:
+    """Apply a sender's CPU priority, "idle" or "normal", to the calling thread and return the one in force.
+
+    Linux applies a scheduling policy per thread, and threads inherit it from the thread
+    that starts them. Called from a notification replica's event loop thread, it covers the
+    loop and the worker threads that apprise starts to send mail, but not Ray's own threads,
+    which keep answering the controller's health checks. The replica owns its Ray worker
+    process, so no other deployment is touched.
+    """
+    if priority == "normal":
+        return "normal"
+
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError) as error:
+        logger.warning("Failed to give the outbox sender idle CPU priority, keeping normal priority: %s", error)
+        return "normal"
+    return "idle"
 
 
 def admin_target_id(url: str) -> str:

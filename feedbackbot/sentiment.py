@@ -112,6 +112,18 @@ def length_sorted_batches(texts: list[str], batch_size: int) -> Iterator[list[in
         yield order[start : start + batch_size]
 
 
+def split_for_workers(texts: list[str], batch_size: int, workers: int) -> list[list[int]]:
+    """Split the indices of `texts` into at most `workers` shares of similar cost.
+
+    The texts are sorted by length and cut into passes of `batch_size`, as the model does,
+    and the passes are dealt out in turn, so that each share gets short and long texts
+    alike. Each share is in order of length; the model sorts it again the same way.
+    """
+    passes = list(length_sorted_batches(texts, batch_size))
+    shares = [[index for batch in passes[worker::workers] for index in batch] for worker in range(workers)]
+    return [share for share in shares if share]
+
+
 def _validate_texts(texts: list[str]) -> None:
     if isinstance(texts, str):
         raise TypeError("texts must be a list of strings, got a single str. Wrap it in a list.")

@@ -49,6 +49,21 @@ class NotifySettings(BaseModel):
         le=60,
         description="Maximum wait of an idle sender's claim for new outbox entries, in seconds. A commit ends the wait sooner.",
     )
+    notify_claim_gather_s: float = Field(
+        default=0.25,
+        ge=0,
+        le=5,
+        description="Pause of a sender after a claim that was not full, in seconds, so that the next "
+        "claim takes the entries of several commits at once. Each claim costs the database "
+        "writer about as much as a commit, whatever its size.",
+    )
+    notify_cpu_priority: Literal["idle", "normal"] = Field(
+        default="idle",
+        description="CPU scheduling of each notification replica's sender: 'idle' (Linux "
+        "SCHED_IDLE) lets accepting and scoring feedback go first when the CPU is fully busy, "
+        "and the outbox holds the mail until load drops; 'normal' shares the CPU equally with "
+        "the other replicas.",
+    )
     notify_lease_s: float = Field(
         default=120.0,
         gt=0,
@@ -218,6 +233,26 @@ class BatchSettings(BaseModel):
     )
 
 
+class IngestSettings(BatchSettings):
+    """The ingest deployment's `user_config`: group size, and a wait that grows with load."""
+
+    busy_batch_wait_timeout_s: float = Field(
+        default=0.02,
+        ge=0,
+        le=5,
+        description="Maximum wait for a group of single submissions to fill while the replica holds "
+        "at least busy_in_flight of them, in seconds. Larger groups cost fewer calls per "
+        "submission; under load a submission waits far longer for the model than for its group.",
+    )
+    busy_in_flight: int = Field(
+        default=16,
+        ge=1,
+        le=100000,
+        description="Single submissions in one ingest replica at or above which groups wait "
+        "busy_batch_wait_timeout_s instead of batch_wait_timeout_s.",
+    )
+
+
 class EnrichmentSettings(BatchSettings):
     """The enrichment deployment's `user_config`: batching plus the neutral band."""
 
@@ -228,6 +263,14 @@ class EnrichmentSettings(BatchSettings):
         description="Maximum number of texts in one forward pass of the model. A batch of calls is "
         "sorted by text length and split into forward passes of this size, because one long text "
         "pads every other text of its pass to its length.",
+    )
+
+    model_workers: int = Field(
+        default=2,
+        ge=1,
+        le=16,
+        description="Forward passes that one replica runs at the same time, each in its own thread "
+        "with torch_threads threads. The length-sorted passes of a batch are dealt out among them.",
     )
 
     neutral_low: float = Field(

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from feedbackbot.errors import SettingsError
-from feedbackbot.settings import AppSettings, BatchSettings, EnrichmentSettings, load_settings
+from feedbackbot.settings import AppSettings, BatchSettings, EnrichmentSettings, IngestSettings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -67,14 +67,14 @@ def test_batch_bounds_checked(key: str, value: float) -> None:
         load_settings(BatchSettings, {key: value})
 
 
-@pytest.mark.parametrize("model", [AppSettings, BatchSettings, EnrichmentSettings])
+@pytest.mark.parametrize("model", [AppSettings, BatchSettings, EnrichmentSettings, IngestSettings])
 def test_every_setting_described_in_code(model: type) -> None:
     undocumented = [name for name, field in model.model_fields.items() if not field.description]
 
     assert undocumented == []
 
 
-@pytest.mark.parametrize("model", [AppSettings, BatchSettings, EnrichmentSettings])
+@pytest.mark.parametrize("model", [AppSettings, BatchSettings, EnrichmentSettings, IngestSettings])
 def test_every_setting_in_configuration_doc(model: type) -> None:
     documented = set(re.findall(r"^\| `([a-z_]+)` \|", (ROOT / "docs" / "configuration.md").read_text(), re.M))
 
@@ -87,7 +87,7 @@ def test_serve_config_args_valid() -> None:
 
     load_settings(AppSettings, application["args"], environ={})
     for deployment in application["deployments"]:
-        model = EnrichmentSettings if deployment["name"] == "Enrichment" else BatchSettings
+        model = {"Enrichment": EnrichmentSettings, "Ingest": IngestSettings}.get(deployment["name"], BatchSettings)
         if "user_config" in deployment:
             load_settings(model, deployment["user_config"])
 
