@@ -39,8 +39,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from feedbackbot.errors import StoreError
-from feedbackbot.notify import CUSTOMER_TARGET, NotificationPolicy, admin_target_id, backoff_delay_s
-from feedbackbot.sentiment import SentimentModel, label_for_score
+from feedbackbot.notify import CUSTOMER_TARGET, NotificationPolicy, admin_target_id, backoff_delay_s, set_thread_cpu_priority
+from feedbackbot.sentiment import SentimentModel, label_for_score, split_for_workers
 from feedbackbot.smtp_tls import reuse_smtp_tls_contexts
 from feedbackbot.store import FeedbackStore
 from models.feedback import (
@@ -76,6 +76,8 @@ class BaselineSettings:
     torch_threads: int = 1
     sentiment_batch_size: int = 16
     model_batch_size: int = 8
+    model_workers: int = 1
+    notify_cpu_priority: str = "normal"
     sentiment_batch_wait_s: float = 0.01
     commit_batch_size: int = 32
     commit_batch_wait_s: float = 0.005
@@ -173,10 +175,18 @@ class BaselinePipeline:
         if settings.customer_notify_url:
             self._urls[CUSTOMER_TARGET] = settings.customer_notify_url
 
-        # One thread runs the model and one runs every DuckDB call, because a DuckDB
-        # connection must not be used from two threads at once.
-        self._model_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        # model_workers threads run forward passes, as in an Enrichment replica, and one thread
+        # runs every DuckDB call, because a DuckDB connection must not be used from two
+        # threads at once. Mail goes out from its own threads at the sender's CPU priority,
+        # as in a Notification replica.
+        self._model_executor = ThreadPoolExecutor(max_workers=settings.model_workers, thread_name_prefix="model")
         self._db_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="duckdb")
+        self._mail_executor = ThreadPoolExecutor(
+            max_workers=CLAIM_BATCH_SIZE,
+            thread_name_prefix="mail",
+            initializer=set_thread_cpu_priority,
+            initargs=(settings.notify_cpu_priority,),
+        )
         self._scorer = MicroBatcher(self._score_batch, settings.sentiment_batch_size, settings.sentiment_batch_wait_s)
         self._committer = MicroBatcher(self._commit_batch, settings.commit_batch_size, settings.commit_batch_wait_s)
         self._wake = asyncio.Event()
@@ -207,6 +217,7 @@ class BaselinePipeline:
             await self._in_db_thread(self._store.close)
         self._model_executor.shutdown()
         self._db_executor.shutdown()
+        self._mail_executor.shutdown()
         logger.info("Stopped the baseline pipeline; %d notification(s) sent", self.sent_count)
 
     async def submit(self, payload: object, claim_key: str | None, scope: str, request_id: str) -> JSONResponse:
@@ -269,7 +280,19 @@ class BaselinePipeline:
 
     async def _score_batch(self, texts: list[str]) -> list[float]:
         batch_size = self._settings.model_batch_size
-        return await self._in_model_thread(lambda: self._model.predict_positive(texts, batch_size=batch_size))
+        shares = split_for_workers(texts, batch_size, self._settings.model_workers)
+        share_scores = await asyncio.gather(
+            *(
+                self._in_model_thread(lambda share=share: self._model.predict_positive([texts[index] for index in share], batch_size=batch_size))
+                for share in shares
+            )
+        )
+
+        scores = [0.0] * len(texts)
+        for share, values in zip(shares, share_scores, strict=True):
+            for index, score in zip(share, values, strict=True):
+                scores[index] = score
+        return scores
 
     async def _commit_batch(
         self, items: list[tuple[FeedbackRecord, IdempotencyClaim | None, list[OwedNotification]]]
@@ -320,11 +343,14 @@ class BaselinePipeline:
             title = f"Feedback alert: {record.id}"
             body = f"Rating {record.rating}, sentiment {record.sentiment_label}.\n\n{record.feedback_text}\n"
 
-        sender = apprise.Apprise()
-        sender.add(_with_query(url, format="text"))
-        sent = await sender.async_notify(
-            body=body, title=title, body_format=apprise.NotifyFormat.TEXT, timeout=self._settings.notify_timeout_s
-        )
+        def send() -> apprise.AppriseResult:
+            sender = apprise.Apprise()
+            sender.add(_with_query(url, format="text"))
+            return sender.notify(
+                body=body, title=title, body_format=apprise.NotifyFormat.TEXT, timeout=self._settings.notify_timeout_s
+            )
+
+        sent = await asyncio.get_running_loop().run_in_executor(self._mail_executor, send)
         if sent:
             self.sent_count += 1
             return DeliveryResult(entry_id=entry.id, outcome="sent")
@@ -429,6 +455,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--torch-threads", type=int, default=1, help="Torch intra-op threads (default: %(default)s).")
     parser.add_argument("--sentiment-batch-size", type=int, default=16, help="Texts collected into one model batch (default: %(default)s).")
     parser.add_argument("--model-batch-size", type=int, default=8, help="Texts per forward pass, after sorting a batch by length (default: %(default)s).")
+    parser.add_argument("--model-workers", type=int, default=1, help="Forward passes run at the same time (default: %(default)s).")
+    parser.add_argument(
+        "--notify-cpu-priority",
+        choices=("idle", "normal"),
+        default="normal",
+        help="CPU priority of the threads that send mail (default: %(default)s).",
+    )
     parser.add_argument("--sentiment-batch-wait-s", type=float, default=0.01, help="Wait for a model batch to fill, in seconds.")
     parser.add_argument("--commit-batch-size", type=int, default=32, help="Rows per DuckDB commit (default: %(default)s).")
     parser.add_argument("--commit-batch-wait-s", type=float, default=0.005, help="Wait for a commit batch to fill, in seconds.")
@@ -445,6 +478,8 @@ def main(argv: list[str] | None = None) -> int:
         torch_threads=args.torch_threads,
         sentiment_batch_size=args.sentiment_batch_size,
         model_batch_size=args.model_batch_size,
+        model_workers=args.model_workers,
+        notify_cpu_priority=args.notify_cpu_priority,
         sentiment_batch_wait_s=args.sentiment_batch_wait_s,
         commit_batch_size=args.commit_batch_size,
         commit_batch_wait_s=args.commit_batch_wait_s,

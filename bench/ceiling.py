@@ -1,6 +1,6 @@
 """The ceiling: items/s of the bare sentiment model in one process, without HTTP or Ray.
 
-    python -m bench.ceiling --threads 1,2 --batch-sizes 1,16,32 --texts 128 --repeats 3
+    python -m bench.ceiling --threads 1,2 --workers 1,2 --batch-sizes 1,16,32 --texts 128 --repeats 3
 
 `bench.run` starts this module in a fresh process, so that torch's threads and memory stay
 out of the load generator. It prints one JSON object on stdout and its progress on stderr.
@@ -12,16 +12,23 @@ batches requests in the order they arrive. Either way each batch is one
 `predict_positive` call. A measurement stops after `--max-seconds` even when texts are
 left, so that an overloaded machine cannot stretch the run. The batches then run in a
 shuffled order, so that a partial measurement is not biased towards short texts.
+
+With more than one worker, that many threads score the batches at the same time, each
+taking every n-th batch, as the Enrichment replica runs `model_workers` forward passes at
+once. Such rows are measured in sorted order only, and only where threads times workers
+does not exceed the machine's cores.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from bench.workload import load_valid_submissions
 from feedbackbot.sentiment import SentimentModel, set_torch_threads
@@ -34,8 +41,9 @@ def measure(
     repeats: int,
     arrival_threads: list[int],
     max_seconds: float,
+    worker_counts: tuple[int, ...] = (1,),
 ) -> dict[str, object]:
-    """Time the model for each thread count, batch size and batching order, and return items/s of every repeat."""
+    """Time the model for each thread count, worker count, batch size and batching order, and return items/s of every repeat."""
     texts = _texts(text_count)
 
     started = time.monotonic()
@@ -43,29 +51,34 @@ def measure(
     load_s = time.monotonic() - started
     _log(f"Loaded {model.version} in {load_s:.1f} s; timing {len(texts)} texts")
 
+    cores = os.cpu_count() or 1
     rows = []
     for threads in thread_counts:
         set_torch_threads(threads)
         # One untimed pass per thread count warms up the thread pool and the allocator.
         model.predict_positive(texts[:32], batch_size=16)
 
-        orders = ("sorted", "arrival") if threads in arrival_threads else ("sorted",)
-        for order in orders:
+        settings = [(1, "sorted")]
+        if threads in arrival_threads:
+            settings.append((1, "arrival"))
+        settings += [(workers, "sorted") for workers in worker_counts if workers > 1 and threads * workers <= cores]
+        for workers, order in settings:
             for batch_size in batch_sizes:
                 if order == "arrival" and batch_size == 1:
                     continue  # Batches of one text are the same in either order.
                 batches = _batches(texts, batch_size, order)
-                runs = [_time_once(model, batches, max_seconds) for _ in range(repeats)]
+                runs = [_time_once(model, batches, max_seconds, workers) for _ in range(repeats)]
                 rates = [scored / elapsed_s for scored, elapsed_s in runs]
                 scored_least = min(scored for scored, _ in runs)
                 median = statistics.median(rates)
                 _log(
-                    f"  threads {threads}, batch size {batch_size}, {order}: {median:.1f} items/s "
+                    f"  threads {threads}, workers {workers}, batch size {batch_size}, {order}: {median:.1f} items/s "
                     f"(median of {repeats}, at least {scored_least} of {len(texts)} texts each)"
                 )
                 rows.append(
                     {
                         "threads": threads,
+                        "workers": workers,
                         "batch_size": batch_size,
                         "order": order,
                         "items_per_s": rates,
@@ -84,15 +97,24 @@ def _batches(texts: list[str], batch_size: int, order: str) -> list[list[str]]:
     return batches
 
 
-def _time_once(model: SentimentModel, batches: list[list[str]], max_seconds: float) -> tuple[int, float]:
-    """Score the batches until all are done or `max_seconds` have passed, and return texts scored and seconds."""
-    scored = 0
+def _time_once(model: SentimentModel, batches: list[list[str]], max_seconds: float, workers: int = 1) -> tuple[int, float]:
+    """Score the batches with `workers` threads until all are done or `max_seconds` have passed, and return texts scored and seconds."""
     begin = time.perf_counter()
-    for batch in batches:
-        model.predict_positive(batch, batch_size=len(batch))
-        scored += len(batch)
-        if time.perf_counter() - begin > max_seconds:
-            break
+
+    def score_share(share: list[list[str]]) -> int:
+        scored = 0
+        for batch in share:
+            model.predict_positive(batch, batch_size=len(batch))
+            scored += len(batch)
+            if time.perf_counter() - begin > max_seconds:
+                break
+        return scored
+
+    if workers == 1:
+        scored = score_share(batches)
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            scored = sum(pool.map(score_share, [batches[worker::workers] for worker in range(workers)]))
     return scored, time.perf_counter() - begin
 
 
@@ -130,9 +152,17 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="Thread counts that are also timed with batches in arrival order, comma-separated (default: none).",
     )
+    parser.add_argument(
+        "--workers",
+        type=_int_list,
+        default=[1],
+        help="Numbers of threads that score batches at the same time, comma-separated (default: 1).",
+    )
     args = parser.parse_args(argv)
 
-    result = measure(args.threads, args.batch_sizes, args.texts, args.repeats, args.arrival_threads, args.max_seconds)
+    result = measure(
+        args.threads, args.batch_sizes, args.texts, args.repeats, args.arrival_threads, args.max_seconds, tuple(args.workers)
+    )
     json.dump(result, sys.stdout)
     return 0
 

@@ -98,11 +98,12 @@ def _throughput_notes(results: dict[str, Any]) -> list[str]:
     enrichment = results["serve_settings"]["user_configs"].get("Enrichment", {})
     collected = int(enrichment.get("max_batch_size", 16))
     model_batch = int(enrichment.get("model_batch_size", collected))
-    sorted_rate = ceiling_at(results, threads, "sorted", model_batch)
+    workers = int(results.get("service_model_workers", 1))
+    sorted_rate = ceiling_at(results, threads, "sorted", model_batch, workers)
     if sorted_rate:
         notes.append(
             f"The Enrichment replica collects up to {collected} calls, sorts their texts by length and scores them in "
-            f"forward passes of {model_batch} on {threads} torch thread(s). The bare model scored "
+            f"forward passes of {model_batch} on {threads} torch thread(s), {workers} pass(es) at once. The bare model scored "
             f"{format_number(sorted_rate['median_items_per_s'])} items/s that way, "
             f"{sorted_rate['median_items_per_s'] / best['median_items_per_s']:.0%} of its best rate; a replica's "
             "batch holds fewer texts to sort than the bare model's list, so its passes carry somewhat more padding."

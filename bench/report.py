@@ -226,8 +226,9 @@ def _targets(results: dict[str, Any]) -> list[str]:
         rows.append([f"whole service at rest, sum of {name}", "< 3 GiB", format_gib(at_rest), f"{at_rest / MEMORY_TARGET_BYTES:.0%} of the limit", verdict])
 
     reference = (
-        f"The bare model's best rate is {format_number(ceiling)} items/s ({best['threads']} torch thread(s), batch size "
-        f"{best['batch_size']}, {best['order']} batches); every ratio below is against it."
+        f"The bare model's best rate is {format_number(ceiling)} items/s ({best['threads']} torch thread(s), "
+        f"{best.get('workers', 1)} pass(es) at once, batch size {best['batch_size']}, {best['order']} batches); "
+        "every ratio below is against it."
         if best
         else "The bare model was not measured, so no ratio can be given."
     )
@@ -282,7 +283,10 @@ def _method(results: dict[str, Any]) -> list[str]:
         f"{options['repeats']} times each, one `predict_positive` call per batch. *sorted* batches texts of similar "
         "length, as `predict_positive` does for a long list, so they carry little padding. *arrival* (at the "
         "service's thread count) batches consecutive texts in data-set order, as the Enrichment replica batches "
-        "requests in arrival order. The best of all rows is the reference for the targets.",
+        "requests in arrival order. *Passes at once* above 1 (at the thread counts where threads times passes "
+        "does not exceed the cores) runs that many threads, each scoring every n-th sorted batch, as the Enrichment "
+        f"replica runs `model_workers` ({results.get('service_model_workers', 1)}) forward passes at once. "
+        "The best of all rows is the reference for the targets.",
         "- **Service**: `feedbackbot.service.Service` starts Ray, the Serve graph from `serve_config.yaml` (unchanged "
         "replicas, autoscaling and batching), the Nginx gateway and the mail sink, as the integration tests do, on "
         "ports 38080 (gateway), 38000 (Serve), 36379, 38265, 30001, 52466 and 32525 (mail). The gateway's per-key rate "
@@ -314,9 +318,12 @@ def _method(results: dict[str, Any]) -> list[str]:
         "setting ended and how long they took to deliver.",
         "- **Baseline** (`bench/baseline_app.py`): one FastAPI process under uvicorn, without Ray, that does the "
         "same work. It runs `validate_submission` and the Idempotency-Key lookup, and scores with `SentimentModel` "
-        "at the same thread count, in micro-batches of the Enrichment `max_batch_size` and wait. It commits with "
+        "at the same thread count and the same number of forward passes at once (`model_workers`), in micro-batches "
+        "of the Enrichment `max_batch_size` and wait. It commits with "
         "`FeedbackStore.commit_submissions` and the outbox rows of `NotificationPolicy`, in micro-batches of the "
-        "Persistence settings, and an apprise sender delivers the outbox to its own mail sink. It runs behind a "
+        "Persistence settings, and an apprise sender delivers the outbox to its own mail sink from threads at the "
+        "service's `notify_cpu_priority`. Unlike the service's Ingest, it does not group submissions for each stage, "
+        "because its stages are function calls, not calls through Ray. It runs behind a "
         "second Nginx rendered by `gateway/start.sh` from the same template, on port 29180 (app 29100, mail 29525). "
         "The same load generator measures it after the service has stopped.",
         "- **Memory**: psutil reads the RSS of every process of a stack: the descendants of `ray start`, the Nginx "
@@ -354,7 +361,7 @@ def _ceiling(results: dict[str, Any]) -> list[str]:
         mark = " (best)" if row is best else ""
         rates = row["items_per_s"]
         rows.append([
-            str(row["threads"]), str(row["batch_size"]), row["order"],
+            str(row["threads"]), str(row.get("workers", 1)), str(row["batch_size"]), row["order"],
             format_number(row["median_items_per_s"]) + mark, f"{format_number(min(rates))} to {format_number(max(rates))}",
             str(min(row.get("texts_scored") or [ceiling["texts"]])),
         ])  # fmt: skip
@@ -367,7 +374,7 @@ def _ceiling(results: dict[str, Any]) -> list[str]:
         f"Load average before: {ceiling['loadavg_1m_before']:.2f}; other cores during the phase: {ceiling['other_cores']:.2f}.",
         "",
     ]
-    header = ["torch threads", "batch size", "batches", "items/s (median)", "range of repeats", "texts scored (fewest)"]
+    header = ["torch threads", "passes at once", "batch size", "batches", "items/s (median)", "range of repeats", "texts scored (fewest)"]
     return lines + markdown_table(header, rows)
 
 

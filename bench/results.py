@@ -48,12 +48,20 @@ def best_ceiling(results: dict[str, Any]) -> dict[str, Any] | None:
     return max(ceiling["rows"], key=lambda row: row["median_items_per_s"])
 
 
-def ceiling_at(results: dict[str, Any], threads: int, order: str | None = None, batch_size: int | None = None) -> dict[str, Any] | None:
-    """Return the fastest bare-model row with these settings. None leaves a setting open."""
+def ceiling_at(
+    results: dict[str, Any], threads: int, order: str | None = None, batch_size: int | None = None, workers: int | None = 1
+) -> dict[str, Any] | None:
+    """Return the fastest bare-model row with these settings. None leaves a setting open.
+
+    Rows of runs before the ceiling had worker counts have none, and count as one worker.
+    """
     rows = [
         row
         for row in (results.get("ceiling") or {}).get("rows", [])
-        if row["threads"] == threads and order in (None, row["order"]) and batch_size in (None, row["batch_size"])
+        if row["threads"] == threads
+        and order in (None, row["order"])
+        and batch_size in (None, row["batch_size"])
+        and workers in (None, row.get("workers", 1))
     ]
     return max(rows, key=lambda row: row["median_items_per_s"]) if rows else None
 

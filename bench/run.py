@@ -190,6 +190,7 @@ class BenchmarkRun:
             "machine": report.machine_info(),
             "versions": report.versions(),
             "service_torch_threads": int(self.settings["args"].get("torch_threads", 1)),
+            "service_model_workers": int(self.settings["user_configs"].get("Enrichment", {}).get("model_workers", 1)),
             "serve_settings": self.settings,
             "errors": [],
         }
@@ -237,6 +238,7 @@ class BenchmarkRun:
             "--texts", str(options.ceiling_texts),
             "--repeats", str(options.repeats),
             "--arrival-threads", str(self.results["service_torch_threads"]),
+            "--workers", ",".join(map(str, sorted({1, self.results["service_model_workers"]}))),
             "--max-seconds", str(options.ceiling_max_s),
         ]  # fmt: skip
         loadavg = os.getloadavg()[0]
@@ -262,7 +264,8 @@ class BenchmarkRun:
 
         best = max(ceiling["rows"], key=lambda row: row["median_items_per_s"])
         self.say(
-            f"Ceiling: best {best['median_items_per_s']:.1f} items/s at {best['threads']} thread(s), "
+            f"Ceiling: best {best['median_items_per_s']:.1f} items/s at {best['threads']} thread(s) "
+            f"in {best.get('workers', 1)} worker(s), "
             f"batch size {best['batch_size']}, {best['order']} batches"
         )
 

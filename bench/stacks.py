@@ -260,6 +260,8 @@ class BaselineStack:
             "--torch-threads", str(args.get("torch_threads", 1)),
             "--sentiment-batch-size", str(enrichment.get("max_batch_size", 16)),
             "--model-batch-size", str(enrichment.get("model_batch_size", 8)),
+            "--model-workers", str(enrichment.get("model_workers", 1)),
+            "--notify-cpu-priority", str(args.get("notify_cpu_priority", "normal")),
             "--sentiment-batch-wait-s", str(enrichment.get("batch_wait_timeout_s", 0.01)),
             "--commit-batch-size", str(persistence.get("max_batch_size", 32)),
             "--commit-batch-wait-s", str(persistence.get("batch_wait_timeout_s", 0.005)),
