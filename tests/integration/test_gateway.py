@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 import uuid
 
 import httpx
@@ -34,6 +36,27 @@ def test_missing_key_unauthorized(stack: Stack) -> None:
         response = client.post("/v1/feedback", json=VALID)
 
     assert_error_shape(response, 401, "unauthorized")
+
+
+def test_access_log_names_rejected_route(stack: Stack) -> None:
+    # error_page turns a rejected request into GET /_errors/401 inside Nginx; the log keeps the client's own.
+    request_id = "rejected-" + uuid.uuid4().hex
+    with stack.client() as client:
+        response = client.post("/v1/feedback?source=test", json=VALID, headers={"X-Request-ID": request_id})
+    assert response.status_code == 401
+
+    log = stack.service.config.gateway_dir / "access.log"
+    deadline = time.monotonic() + 10.0
+    lines: list[dict[str, object]] = []
+    while not lines and time.monotonic() < deadline:
+        lines = [json.loads(line) for line in log.read_text().splitlines() if request_id in line]
+        if not lines:
+            time.sleep(0.1)
+
+    assert len(lines) == 1
+    assert lines[0]["method"] == "POST"
+    assert lines[0]["uri"] == "/v1/feedback"
+    assert lines[0]["status"] == 401
 
 
 def test_unknown_key_unauthorized(stack: Stack) -> None:
