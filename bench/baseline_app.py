@@ -40,7 +40,7 @@ from fastapi.responses import JSONResponse
 
 from feedbackbot.errors import StoreError
 from feedbackbot.notify import CUSTOMER_TARGET, NotificationPolicy, admin_target_id, backoff_delay_s, set_thread_cpu_priority
-from feedbackbot.sentiment import SentimentModel, label_for_score, split_for_workers
+from feedbackbot.sentiment import SentimentModel, join_shares, label_for_score, split_for_workers
 from feedbackbot.smtp_tls import reuse_smtp_tls_contexts
 from feedbackbot.store import FeedbackStore
 from models.feedback import (
@@ -175,7 +175,7 @@ class BaselinePipeline:
         if settings.customer_notify_url:
             self._urls[CUSTOMER_TARGET] = settings.customer_notify_url
 
-        # model_workers threads run forward passes, as in an Enrichment replica, and one thread
+        # model_workers threads run forward passes, as in an Enrichment replica. One thread
         # runs every DuckDB call, because a DuckDB connection must not be used from two
         # threads at once. Mail goes out from its own threads at the sender's CPU priority,
         # as in a Notification replica.
@@ -287,12 +287,7 @@ class BaselinePipeline:
                 for share in shares
             )
         )
-
-        scores = [0.0] * len(texts)
-        for share, values in zip(shares, share_scores, strict=True):
-            for index, score in zip(share, values, strict=True):
-                scores[index] = score
-        return scores
+        return join_shares(shares, share_scores, len(texts))
 
     async def _commit_batch(
         self, items: list[tuple[FeedbackRecord, IdempotencyClaim | None, list[OwedNotification]]]
@@ -455,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--torch-threads", type=int, default=1, help="Torch intra-op threads (default: %(default)s).")
     parser.add_argument("--sentiment-batch-size", type=int, default=16, help="Texts collected into one model batch (default: %(default)s).")
     parser.add_argument("--model-batch-size", type=int, default=8, help="Texts per forward pass, after sorting a batch by length (default: %(default)s).")
-    parser.add_argument("--model-workers", type=int, default=1, help="Forward passes run at the same time (default: %(default)s).")
+    parser.add_argument("--model-workers", type=int, default=1, help="Forward passes that run at the same time (default: %(default)s).")
     parser.add_argument(
         "--notify-cpu-priority",
         choices=("idle", "normal"),

@@ -12,7 +12,7 @@ from ray import serve
 from feedbackbot.errors import EnrichmentError
 from feedbackbot.logcontext import as_request
 from feedbackbot.metrics import EnrichmentMetrics
-from feedbackbot.sentiment import SentimentModel, label_for_score, split_for_workers
+from feedbackbot.sentiment import SentimentModel, join_shares, label_for_score, split_for_workers
 from feedbackbot.settings import EnrichmentSettings, load_settings
 from models.feedback import Sentiment, TextToScore
 
@@ -111,11 +111,7 @@ class Enrichment:
                 f"Sentiment model {self._model.version} failed on a batch of {len(texts)} texts: {error}"
             ) from error
 
-        scores = [0.0] * len(texts)
-        for share, values in zip(shares, share_scores, strict=True):
-            for index, score in zip(share, values, strict=True):
-                scores[index] = score
-        return scores
+        return join_shares(shares, share_scores, len(texts))
 
     async def _run_failure_drill(self, batch_size: int) -> None:
         """Fail or hang this batch while a failure drill is configured; return at once otherwise."""

@@ -9,10 +9,11 @@ delay or fail the response.
 
 
 import asyncio
+import functools
 import logging
 import uuid
 from datetime import datetime, timezone
-from typing import Any, Callable, Literal
+from typing import Any, Awaitable, Callable, Literal
 
 import ray.exceptions
 from fastapi import FastAPI, Query, Request
@@ -117,6 +118,20 @@ def as_utc(moment: datetime | None) -> datetime | None:
     return moment.replace(tzinfo=timezone.utc)
 
 
+def _counted_in_flight(method: Callable[..., Awaitable[JSONResponse]]) -> Callable[..., Awaitable[JSONResponse]]:
+    """Wrap an Ingest method so that the replica counts each call as a single submission in flight."""
+
+    @functools.wraps(method)
+    async def counted(self: Any, *args: Any, **kwargs: Any) -> JSONResponse:
+        self._count_in_flight(1)
+        try:
+            return await method(self, *args, **kwargs)
+        finally:
+            self._count_in_flight(-1)
+
+    return counted
+
+
 @serve.deployment
 @serve.ingress(api)
 class Ingest:
@@ -172,6 +187,7 @@ class Ingest:
         payload, from_form = parsed
         return await self._accept(request, payload, from_form, idempotency_claim)
 
+    @_counted_in_flight
     async def _accept(
         self,
         request: Request,
@@ -183,19 +199,6 @@ class Ingest:
 
         The API passes the Idempotency-Key header's claim, the web form its form key's claim.
         """
-        self._count_in_flight(1)
-        try:
-            return await self._accept_counted(request, payload, from_form, claim_of)
-        finally:
-            self._count_in_flight(-1)
-
-    async def _accept_counted(
-        self,
-        request: Request,
-        payload: object,
-        from_form: bool,
-        claim_of: Callable[[Request, FeedbackSubmission], IdempotencyClaim | JSONResponse | None],
-    ) -> JSONResponse:
         # The id is drawn before validation so that every deployment's log lines of this
         # request can name it. It is used only when the submission is valid.
         feedback_id = uuid.uuid4()

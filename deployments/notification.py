@@ -131,8 +131,8 @@ class Notification:
             if claimed:
                 await self._deliver_batch(claimed)
             if 0 < len(claimed) < CLAIM_BATCH_SIZE and not self._stopping:
-                # The outbox is not backlogged: let the entries of the next commits gather, so
-                # that the writer serves fewer, larger claims.
+                # The outbox has no backlog, so the entries of the next commits gather meanwhile
+                # and the writer serves fewer, larger claims.
                 await asyncio.sleep(self._settings.notify_claim_gather_s)
 
     async def _deliver_batch(self, claimed: list[ClaimedNotification]) -> None:

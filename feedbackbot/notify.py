@@ -28,7 +28,7 @@ def set_thread_cpu_priority(priority: str) -> str:
     Linux applies a scheduling policy per thread, and threads inherit it from the thread
     that starts them. Called from a notification replica's event loop thread, it covers the
     loop and the worker threads that apprise starts to send mail, but not Ray's own threads,
-    which keep answering the controller's health checks. The replica owns its Ray worker
+    which keep responding to the controller's health checks. The replica owns its Ray worker
     process, so no other deployment is touched.
     """
     if priority == "normal":

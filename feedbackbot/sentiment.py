@@ -124,6 +124,15 @@ def split_for_workers(texts: list[str], batch_size: int, workers: int) -> list[l
     return [share for share in shares if share]
 
 
+def join_shares(shares: list[list[int]], share_scores: Sequence[Sequence[float]], count: int) -> list[float]:
+    """Put the scores of each share from `split_for_workers` back in the order of the `count` texts."""
+    scores = [math.nan] * count
+    for share, values in zip(shares, share_scores, strict=True):
+        for index, score in zip(share, values, strict=True):
+            scores[index] = score
+    return scores
+
+
 def _validate_texts(texts: list[str]) -> None:
     if isinstance(texts, str):
         raise TypeError("texts must be a list of strings, got a single str. Wrap it in a list.")

@@ -240,8 +240,8 @@ class IngestSettings(BatchSettings):
         default=0.02,
         ge=0,
         le=5,
-        description="Maximum wait for a group of single submissions to fill while the replica holds "
-        "at least busy_in_flight of them, in seconds. Larger groups cost fewer calls per "
+        description="Maximum wait for a group of single submissions to fill while at least busy_in_flight "
+        "of them are in the replica, in seconds. Larger groups cost fewer calls per "
         "submission; under load a submission waits far longer for the model than for its group.",
     )
     busy_in_flight: int = Field(

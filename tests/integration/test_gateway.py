@@ -39,7 +39,7 @@ def test_missing_key_unauthorized(stack: Stack) -> None:
 
 
 def test_access_log_names_rejected_route(stack: Stack) -> None:
-    # error_page turns a rejected request into GET /_errors/401 inside Nginx; the log keeps the client's own.
+    # error_page turns a rejected request into GET /_errors/401 inside Nginx, but the log keeps the client's method and path.
     request_id = "rejected-" + uuid.uuid4().hex
     with stack.client() as client:
         response = client.post("/v1/feedback?source=test", json=VALID, headers={"X-Request-ID": request_id})

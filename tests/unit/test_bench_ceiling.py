@@ -34,7 +34,7 @@ def test_time_once_with_workers_scores_each_batch_once() -> None:
     assert sorted(model.batches) == sorted(tuple(batch) for batch in batches)
 
 
-def test_time_once_with_one_worker_stays_in_caller_thread() -> None:
+def test_time_once_single_worker_caller_thread() -> None:
     model = RecordingModel()
 
     scored, _ = _time_once(model, [["a"], ["b", "c"]], max_seconds=60.0)  # type: ignore[arg-type]

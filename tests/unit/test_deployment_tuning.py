@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from deployments.ingest import GROUP_MAX_SIZE, GROUP_WAIT_S, Ingest
-from feedbackbot.sentiment import split_for_workers
+from feedbackbot.sentiment import join_shares, split_for_workers
 from feedbackbot.settings import IngestSettings
 
 
@@ -37,6 +37,14 @@ def test_split_for_workers_leaves_out_empty_shares() -> None:
     assert split_for_workers([], batch_size=8, workers=2) == []
 
 
+def test_join_shares_restores_text_order() -> None:
+    texts = ["x" * length for length in (7, 2, 9, 4, 1)]
+    shares = split_for_workers(texts, batch_size=1, workers=2)
+    share_scores = [[float(len(texts[index])) for index in share] for share in shares]
+
+    assert join_shares(shares, share_scores, len(texts)) == [7.0, 2.0, 9.0, 4.0, 1.0]
+
+
 def bare_ingest(settings: IngestSettings) -> Any:
     """An Ingest object without its handles: enough for the group wait, which touches no other deployment.
 
@@ -54,7 +62,7 @@ def group_waits(ingest: Any) -> set[float]:
     return {grouped._get_batch_wait_timeout_s() for grouped in ingest._groups()}
 
 
-def test_group_wait_grows_at_busy_in_flight_and_returns() -> None:
+def test_group_wait_follows_in_flight() -> None:
     settings = IngestSettings(
         max_batch_size=GROUP_MAX_SIZE, batch_wait_timeout_s=0.002, busy_batch_wait_timeout_s=0.02, busy_in_flight=3
     )
