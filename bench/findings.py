@@ -11,6 +11,7 @@ from typing import Any
 from bench.results import (
     BATCH_TARGET,
     P99_TARGET_MS,
+    PROFILED_LOADS,
     SINGLE_TARGET,
     best_batch,
     best_ceiling,
@@ -154,13 +155,50 @@ def _cpu_notes(results: dict[str, Any]) -> list[str]:
             f"{format_number(single['items_per_s'])} items/s. This is an estimate: it assumes that the model runs at "
             "the same rate per core in the replica as in the bare process."
         )
+    return notes + _batch_cpu_notes(results)
+
+
+def _batch_cpu_notes(results: dict[str, Any]) -> list[str]:
+    """Return notes on the cores each role used during the best batch setting, and what the model's share would score."""
+    batch = best_batch(results)
+    cpu = (batch or {}).get("cpu_by_role") or {}
+    stack_cores = sum(cores for role, cores in cpu.items() if not role.startswith("load generator"))
+    if not batch or not stack_cores:
+        return []
+
+    enrichment = cpu.get("replica Enrichment", 0.0)
+    others = [(role, cores) for role, cores in cpu.items() if role != "replica Enrichment" and not role.startswith("load generator")]
+    busiest = ", ".join(f"{role} {cores:.2f}" for role, cores in others[:6])
+    notes = [
+        f"During batches of {batch['batch_size']} at concurrency {batch['concurrency']} the service's processes used "
+        f"{stack_cores:.2f} cores and other processes {batch['other_cores']:.2f}, of {results['machine']['nproc']} cores. "
+        f"The Enrichment replicas used {enrichment:.2f} cores; the other roles of the service "
+        f"{stack_cores - enrichment:.2f}: {busiest}."
+    ]
+
+    threads = results["service_torch_threads"]
+    workers = int(results.get("service_model_workers", 1))
+    enrichment_config = results["serve_settings"]["user_configs"].get("Enrichment", {})
+    model_batch = int(enrichment_config.get("model_batch_size", enrichment_config.get("max_batch_size", 16)))
+    reference = ceiling_at(results, threads, "sorted", model_batch, workers)
+    if reference and enrichment:
+        cores = threads * workers
+        rate = reference["median_items_per_s"]
+        notes.append(
+            f"The bare model scored {format_number(rate)} items/s with the replica's {workers} pass(es) of {threads} torch "
+            f"thread(s) on up to {cores} core(s). At that rate per core, the {enrichment:.2f} cores of the Enrichment "
+            f"replicas would score about {format_number(rate * enrichment / cores)} items/s, and the service stored "
+            f"{format_number(batch['items_per_s'])} items/s. The other roles' {stack_cores - enrichment:.2f} cores are "
+            f"{(stack_cores - enrichment) / results['machine']['nproc']:.0%} of the machine. This is an estimate: it "
+            "assumes that the model runs at the same rate per core in the replica as in the bare process."
+        )
     return notes
 
 
 def _profile_notes(results: dict[str, Any]) -> list[str]:
     notes = []
-    for name, section in (("service", results.get("pipeline") or {}), ("baseline", results.get("baseline") or {})):
-        for process in (section.get("profile") or {}).get("processes") or []:
+    for section, key, name in PROFILED_LOADS:
+        for process in ((results.get(section) or {}).get(key) or {}).get("processes") or []:
             recorded = process.get("recorded_cores") or 0.0
             if recorded < 0.01:
                 continue
@@ -182,8 +220,8 @@ APPRISE_CONTEXT_VERIFIED = "2.2.0"
 
 
 def _apprise_context_in_profiles(results: dict[str, Any]) -> bool:
-    for section in (results.get("pipeline") or {}, results.get("baseline") or {}):
-        for process in (section.get("profile") or {}).get("processes") or []:
+    for section, key, _ in PROFILED_LOADS:
+        for process in ((results.get(section) or {}).get(key) or {}).get("processes") or []:
             for frame, cores in process.get("cores_by_frame") or []:
                 if "load_default_certs" in frame and "AppriseSMTPController" in frame and cores >= 0.01:
                     return True
@@ -230,7 +268,21 @@ def _memory_notes(results: dict[str, Any]) -> list[str]:
     largest = sorted(by_role.items(), key=lambda item: -item[1])[:4]
     rss = sum(by_role.values())
     pss = sum_field(at_rest, "pss_bytes")
-    return [
+    notes = [
         f"At rest the service's {len(at_rest)} processes held {format_gib(rss)} RSS ({format_gib(pss) if pss else '–'} "
         "PSS). The largest roles: " + ", ".join(f"{role} {format_mib(size)} MiB" for role, size in largest) + "."
     ]
+
+    # The dashboard's modules are forks of one multiprocessing forkserver process, so they
+    # share most of their pages. RSS counts those pages once per module.
+    modules = [row for row in at_rest if row["role"].startswith("Ray dashboard module") and row.get("pss_bytes")]
+    if pss and modules:
+        module_rss = sum(row["rss_bytes"] for row in modules)
+        module_pss = sum(row["pss_bytes"] for row in modules)
+        notes.append(
+            f"The {len(modules)} Ray dashboard modules, forks of one process, hold {format_mib(module_rss)} MiB RSS but "
+            f"{format_mib(module_pss)} MiB PSS: RSS counts a shared page once for every process that maps it, so the "
+            "sum of RSS counts the same memory several times. The sum of PSS counts each page once and is the "
+            "service's memory for the target."
+        )
+    return notes

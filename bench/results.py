@@ -9,6 +9,12 @@ BATCH_TARGET = 0.85
 SINGLE_TARGET = 0.70
 P99_TARGET_MS = 500.0
 MEMORY_TARGET_BYTES = 3 * 2**30
+# The profiles of a run: (section of the results, key, name in the report).
+PROFILED_LOADS = (
+    ("pipeline", "profile", "service"),
+    ("pipeline", "batch_profile", "service under batches"),
+    ("baseline", "profile", "baseline"),
+)
 # Largest share of ingest throughput that snapshot publishing may cost.
 SNAPSHOT_DROP_TARGET = 0.10
 ALLOWED_ERRORS = {"429", "503"}

@@ -5,7 +5,8 @@
 
 The phases run in this order. First the bare model (`bench.ceiling`, in its own process).
 Then the Ray service through its Nginx gateway: single and batch submissions, its memory
-at rest and under load, and py-spy profiles of its busiest processes. Last, the same
+at rest and under load, and py-spy profiles of its busiest processes under single
+submissions and under the batch setting with the most items/s. Last, the same
 single submissions against `bench.baseline_app`, one FastAPI process without Ray behind
 its own Nginx. Only one stack runs at a time. Raw results and profiles go to
 build/bench/<time>/.
@@ -37,6 +38,7 @@ import psutil
 from bench import profiling, report
 from bench.loadgen import LoadResult, probe, run_load, run_windows
 from bench.processes import CpuMeter, CpuUse, PeakMemorySampler, memory_snapshot, role_of
+from bench.results import best_batch
 from bench.stacks import BaselinePorts, BaselineStack, RayStack, serve_settings
 from bench.workload import batch_requests, load_valid_submissions, max_batch_body_bytes, new_run_id, single_requests
 from feedbackbot.errors import ServiceError
@@ -299,6 +301,12 @@ class BenchmarkRun:
 
             if "profile" not in options.skip:
                 pipeline["profile"] = self._profile(stack.url, stack.api_key, stack.roots, "pipeline")
+                batch = best_batch(self.results)
+                if batch:
+                    pipeline["batch_profile"] = self._profile(
+                        stack.url, stack.api_key, stack.roots, "pipeline-batch",
+                        batch_size=batch["batch_size"], concurrency=batch["concurrency"],
+                    )  # fmt: skip
             stack.remember_processes()
         finally:
             self.say("Pipeline: stopping the service")
@@ -453,10 +461,11 @@ class BenchmarkRun:
             body_bytes = max_batch_body_bytes(self.submissions, batch_size)
             for concurrency in self.options.batch_concurrencies:
                 factory = batch_requests(self.submissions, f"{self.run_id}-B{batch_size}x{concurrency}", batch_size)
-                summary, _ = self._measure(
+                summary, usages = self._measure(
                     stack.url, stack.api_key, stack.roots, factory, "batch", concurrency,
                     self.options.batch_duration_s, "Batch", batch_size=batch_size,
                 )  # fmt: skip
+                summary["cpu_by_role"] = cores_by_role(usages)
                 summary["max_body_bytes"] = body_bytes
                 summary.update(self._drain_outbox(stack.url, "Batch"))
                 batch["rows"].append(summary)
@@ -567,16 +576,35 @@ class BenchmarkRun:
 
     # -- profiles ----------------------------------------------------------------------
 
-    def _profile(self, url: str, api_key: str, roots: Callable[[], list[int]], label: str) -> dict[str, Any]:
-        """Profile the busiest Python processes with py-spy while single submissions run at the highest concurrency."""
+    def _profile(
+        self,
+        url: str,
+        api_key: str,
+        roots: Callable[[], list[int]],
+        label: str,
+        *,
+        batch_size: int | None = None,
+        concurrency: int | None = None,
+    ) -> dict[str, Any]:
+        """Profile the busiest Python processes with py-spy under load.
+
+        The load is single submissions at the highest concurrency, or with `batch_size`,
+        batches of that size at `concurrency`.
+        """
         executable = profiling.py_spy_path()
         if executable is None:
             self.say("Profile: py-spy is not installed (pip install -e '.[bench]'); skipped")
             return {"error": "py-spy is not installed; install the bench extra with pip install -e '.[bench]'"}
 
-        concurrency = max(self.options.concurrencies)
-        factory = single_requests(self.submissions, f"{self.run_id}-{label}-profile")
-        self.say(f"Profile ({label}): single submissions at concurrency {concurrency}, py-spy for {self.options.profile_s} s")
+        if batch_size is None:
+            concurrency = max(self.options.concurrencies)
+            factory = single_requests(self.submissions, f"{self.run_id}-{label}-profile")
+            description = "single submissions"
+        else:
+            concurrency = concurrency or max(self.options.batch_concurrencies)
+            factory = batch_requests(self.submissions, f"{self.run_id}-{label}-profile", batch_size)
+            description = f"batches of {batch_size}"
+        self.say(f"Profile ({label}): {description} at concurrency {concurrency}, py-spy for {self.options.profile_s} s")
         load = functools.partial(run_load, url, api_key, factory, concurrency=concurrency)
         profile = asyncio.run(
             profiling.profile_under_load(
@@ -590,6 +618,7 @@ class BenchmarkRun:
             )
         )
         profile["concurrency"] = concurrency
+        profile["batch_size"] = batch_size or 1
         self.say(f"Profile ({label}): load ran at {profile['items_per_s_while_profiling']:.1f} items/s while profiling")
         return profile
 
