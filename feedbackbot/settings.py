@@ -245,7 +245,7 @@ class IngestSettings(BatchSettings):
         "submission; under load a submission waits far longer for the model than for its group.",
     )
     busy_in_flight: int = Field(
-        default=16,
+        default=6,
         ge=1,
         le=100000,
         description="Single submissions in one ingest replica at or above which groups wait "
