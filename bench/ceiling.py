@@ -17,6 +17,10 @@ With more than one worker, that many threads score the batches at the same time,
 taking every n-th batch, as the Enrichment replica runs `model_workers` forward passes at
 once. Such rows are measured in sorted order only, and only where threads times workers
 does not exceed the machine's cores.
+
+The repeats run in rounds: each round times every setting once, and a row's median is
+over its rounds. A phase in which the machine runs faster or slower then touches every
+setting about alike.
 """
 
 from __future__ import annotations
@@ -52,41 +56,60 @@ def measure(
     _log(f"Loaded {model.version} in {load_s:.1f} s; timing {len(texts)} texts")
 
     cores = os.cpu_count() or 1
-    rows = []
+    plan: dict[int, list[tuple[int, str, int]]] = {}
     for threads in thread_counts:
-        set_torch_threads(threads)
-        # One untimed pass per thread count warms up the thread pool and the allocator.
-        model.predict_positive(texts[:32], batch_size=16)
-
         settings = [(1, "sorted")]
         if threads in arrival_threads:
             settings.append((1, "arrival"))
         settings += [(workers, "sorted") for workers in worker_counts if workers > 1 and threads * workers <= cores]
-        for workers, order in settings:
-            for batch_size in batch_sizes:
-                if order == "arrival" and batch_size == 1:
-                    continue  # Batches of one text are the same in either order.
-                batches = _batches(texts, batch_size, order)
-                runs = [_time_once(model, batches, max_seconds, workers) for _ in range(repeats)]
-                rates = [scored / elapsed_s for scored, elapsed_s in runs]
-                scored_least = min(scored for scored, _ in runs)
-                median = statistics.median(rates)
-                _log(
-                    f"  threads {threads}, workers {workers}, batch size {batch_size}, {order}: {median:.1f} items/s "
-                    f"(median of {repeats}, at least {scored_least} of {len(texts)} texts each)"
-                )
-                rows.append(
-                    {
-                        "threads": threads,
-                        "workers": workers,
-                        "batch_size": batch_size,
-                        "order": order,
-                        "items_per_s": rates,
-                        "texts_scored": [scored for scored, _ in runs],
-                    }
-                )
+        plan[threads] = [
+            (workers, order, batch_size)
+            for workers, order in settings
+            for batch_size in batch_sizes
+            # Batches of one text are the same in either order.
+            if not (order == "arrival" and batch_size == 1)
+        ]
 
-    return {"model_version": model.version, "texts": len(texts), "load_s": load_s, "max_seconds": max_seconds, "rows": rows}
+    # Each round times every setting once, so that a change in the machine's speed during
+    # the run spreads over all settings instead of favouring the ones timed in a fast phase.
+    runs: dict[tuple[int, int, str, int], list[tuple[int, float]]] = {}
+    for round_number in range(1, repeats + 1):
+        for threads in thread_counts:
+            set_torch_threads(threads)
+            # One untimed pass after each switch warms up the thread pool and the allocator.
+            model.predict_positive(texts[:32], batch_size=16)
+            for workers, order, batch_size in plan[threads]:
+                batches = _batches(texts, batch_size, order)
+                runs.setdefault((threads, workers, order, batch_size), []).append(_time_once(model, batches, max_seconds, workers))
+        _log(f"  round {round_number} of {repeats} done: every setting timed once")
+
+    rows = []
+    for (threads, workers, order, batch_size), timed in runs.items():
+        rates = [scored / elapsed_s for scored, elapsed_s in timed]
+        scored_least = min(scored for scored, _ in timed)
+        _log(
+            f"  threads {threads}, workers {workers}, batch size {batch_size}, {order}: {statistics.median(rates):.1f} items/s "
+            f"(median of {repeats}, at least {scored_least} of {len(texts)} texts each)"
+        )
+        rows.append(
+            {
+                "threads": threads,
+                "workers": workers,
+                "batch_size": batch_size,
+                "order": order,
+                "items_per_s": rates,
+                "texts_scored": [scored for scored, _ in timed],
+            }
+        )
+
+    return {
+        "model_version": model.version,
+        "texts": len(texts),
+        "load_s": load_s,
+        "max_seconds": max_seconds,
+        "in_rounds": True,
+        "rows": rows,
+    }
 
 
 def _batches(texts: list[str], batch_size: int, order: str) -> list[list[str]]:

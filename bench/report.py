@@ -296,7 +296,13 @@ def _method(results: dict[str, Any]) -> list[str]:
         "requests in arrival order. *Passes at once* above 1 (at the thread counts where threads times passes "
         "does not exceed the cores) runs that many threads, each scoring every n-th sorted batch, as the Enrichment "
         f"replica runs `model_workers` ({results.get('service_model_workers', 1)}) forward passes at once. "
-        "The best of all rows is the reference for the targets.",
+        + (
+            "The repeats run in rounds, each of which times every setting once, so that a faster or slower phase of "
+            "the machine touches every setting about alike. "
+            if (results.get("ceiling") or {}).get("in_rounds")
+            else ""
+        )
+        + "The best of all rows is the reference for the targets.",
         "- **Service**: `feedbackbot.service.Service` starts Ray, the Serve graph from `serve_config.yaml` (unchanged "
         "replicas, autoscaling and batching), the Nginx gateway and the mail sink, as the integration tests do, on "
         "ports 38080 (gateway), 38000 (Serve), 36379, 38265, 30001, 52466 and 32525 (mail). The gateway's per-key rate "

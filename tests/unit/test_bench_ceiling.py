@@ -1,10 +1,13 @@
-"""The bare-model benchmark's worker threads and the lookup of its rows by workers."""
+"""The bare-model benchmark: its worker threads, its rounds of repeats and the lookup of its rows by workers."""
 
 from __future__ import annotations
 
 import threading
 
-from bench.ceiling import _time_once
+import pytest
+
+import bench.ceiling
+from bench.ceiling import _time_once, measure
 from bench.results import ceiling_at
 
 
@@ -41,6 +44,25 @@ def test_time_once_single_worker_caller_thread() -> None:
 
     assert scored == 3
     assert model.threads == {threading.get_ident()}
+
+
+def test_measure_repeats_in_rounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = RecordingModel()
+    model.version = "recording"  # type: ignore[attr-defined]
+    switches: list[int] = []
+    monkeypatch.setattr(bench.ceiling.SentimentModel, "load", classmethod(lambda cls, path, num_threads: model))
+    monkeypatch.setattr(bench.ceiling, "set_torch_threads", switches.append)
+
+    result = measure([1, 2], [1, 4], text_count=4, repeats=2, arrival_threads=[], max_seconds=60.0)
+
+    # Per round: thread count 1 (warm-up, 4 batches of 1, 1 batch of 4), then thread count 2 alike.
+    sizes = [len(batch) for batch in model.batches]
+    assert switches == [1, 2, 1, 2]
+    assert sizes == [4, 1, 1, 1, 1, 4, 4, 1, 1, 1, 1, 4] * 2
+    assert result["in_rounds"] is True
+    assert [(row["threads"], row["batch_size"], len(row["items_per_s"])) for row in result["rows"]] == [
+        (1, 1, 2), (1, 4, 2), (2, 1, 2), (2, 4, 2),
+    ]  # fmt: skip
 
 
 def test_ceiling_at_filters_by_workers() -> None:
