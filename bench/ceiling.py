@@ -72,7 +72,7 @@ def measure(
 
     # Each round times every setting once, so that a change in the machine's speed during
     # the run spreads over all settings instead of favouring the ones timed in a fast phase.
-    runs: dict[tuple[int, int, str, int], list[tuple[int, float]]] = {}
+    runs: dict[tuple[int, int, str, int], list[tuple[int, float, float]]] = {}
     for round_number in range(1, repeats + 1):
         for threads in thread_counts:
             set_torch_threads(threads)
@@ -85,8 +85,8 @@ def measure(
 
     rows = []
     for (threads, workers, order, batch_size), timed in runs.items():
-        rates = [scored / elapsed_s for scored, elapsed_s in timed]
-        scored_least = min(scored for scored, _ in timed)
+        rates = [scored / elapsed_s for scored, elapsed_s, _ in timed]
+        scored_least = min(scored for scored, _, _ in timed)
         _log(
             f"  threads {threads}, workers {workers}, batch size {batch_size}, {order}: {statistics.median(rates):.1f} items/s "
             f"(median of {repeats}, at least {scored_least} of {len(texts)} texts each)"
@@ -98,7 +98,9 @@ def measure(
                 "batch_size": batch_size,
                 "order": order,
                 "items_per_s": rates,
-                "texts_scored": [scored for scored, _ in timed],
+                "texts_scored": [scored for scored, _, _ in timed],
+                "elapsed_s": [elapsed_s for _, elapsed_s, _ in timed],
+                "cpu_s": [cpu_s for _, _, cpu_s in timed],
             }
         )
 
@@ -120,9 +122,14 @@ def _batches(texts: list[str], batch_size: int, order: str) -> list[list[str]]:
     return batches
 
 
-def _time_once(model: SentimentModel, batches: list[list[str]], max_seconds: float, workers: int = 1) -> tuple[int, float]:
-    """Score the batches with `workers` threads until all are done or `max_seconds` have passed, and return texts scored and seconds."""
+def _time_once(model: SentimentModel, batches: list[list[str]], max_seconds: float, workers: int = 1) -> tuple[int, float, float]:
+    """Score the batches with `workers` threads until all are done or `max_seconds` have passed.
+
+    Returns the texts scored, the seconds taken and the CPU seconds of the whole process
+    (all threads) in that time.
+    """
     begin = time.perf_counter()
+    cpu_begin = time.process_time()
 
     def score_share(share: list[list[str]]) -> int:
         scored = 0
@@ -138,7 +145,7 @@ def _time_once(model: SentimentModel, batches: list[list[str]], max_seconds: flo
     else:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             scored = sum(pool.map(score_share, [batches[worker::workers] for worker in range(workers)]))
-    return scored, time.perf_counter() - begin
+    return scored, time.perf_counter() - begin, time.process_time() - cpu_begin
 
 
 def _texts(count: int) -> list[str]:

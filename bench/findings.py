@@ -146,16 +146,26 @@ def _cpu_notes(results: dict[str, Any]) -> list[str]:
 
     reference = ceiling_at(results, results["service_torch_threads"])
     if reference and enrichment:
-        rate = reference["median_items_per_s"]
-        threads = reference["threads"]
         notes.append(
-            f"The bare model with the service's {threads} torch thread(s) scored {format_number(rate)} items/s on up to "
-            f"{threads} core(s). At that rate per core, the {enrichment:.2f} cores of the Enrichment replicas would "
-            f"score about {format_number(rate * enrichment / threads)} items/s, and the service stored "
+            f"The bare model with the service's {reference['threads']} torch thread(s) scored "
+            f"{format_number(reference['median_items_per_s'])} items/s, {_per_core_text(reference)}. At that rate per "
+            f"core, the {enrichment:.2f} cores of the Enrichment replicas would score about "
+            f"{format_number(_per_core_rate(reference) * enrichment)} items/s, and the service stored "
             f"{format_number(single['items_per_s'])} items/s. This is an estimate: it assumes that the model runs at "
             "the same rate per core in the replica as in the bare process."
         )
     return notes + _batch_cpu_notes(results)
+
+
+def _per_core_rate(row: dict[str, Any]) -> float:
+    """Return a bare-model row's texts per CPU second, or for older runs its rate over threads times passes."""
+    return row.get("median_items_per_cpu_s") or row["median_items_per_s"] / (row["threads"] * row.get("workers", 1))
+
+
+def _per_core_text(row: dict[str, Any]) -> str:
+    if row.get("median_items_per_cpu_s"):
+        return f"{format_number(row['median_items_per_cpu_s'])} per CPU second on {row['median_cores']:.2f} cores"
+    return f"on up to {row['threads'] * row.get('workers', 1)} core(s)"
 
 
 def _batch_cpu_notes(results: dict[str, Any]) -> list[str]:
@@ -182,12 +192,11 @@ def _batch_cpu_notes(results: dict[str, Any]) -> list[str]:
     model_batch = int(enrichment_config.get("model_batch_size", enrichment_config.get("max_batch_size", 16)))
     reference = ceiling_at(results, threads, "sorted", model_batch, workers)
     if reference and enrichment:
-        cores = threads * workers
-        rate = reference["median_items_per_s"]
         notes.append(
-            f"The bare model scored {format_number(rate)} items/s with the replica's {workers} pass(es) of {threads} torch "
-            f"thread(s) on up to {cores} core(s). At that rate per core, the {enrichment:.2f} cores of the Enrichment "
-            f"replicas would score about {format_number(rate * enrichment / cores)} items/s, and the service stored "
+            f"The bare model scored {format_number(reference['median_items_per_s'])} items/s with the replica's {workers} "
+            f"pass(es) of {threads} torch thread(s), {_per_core_text(reference)}. At that rate per core, the "
+            f"{enrichment:.2f} cores of the Enrichment replicas would score about "
+            f"{format_number(_per_core_rate(reference) * enrichment)} items/s, and the service stored "
             f"{format_number(batch['items_per_s'])} items/s. The other roles' {stack_cores - enrichment:.2f} cores are "
             f"{(stack_cores - enrichment) / results['machine']['nproc']:.0%} of the machine. This is an estimate: it "
             "assumes that the model runs at the same rate per core in the replica as in the bare process."

@@ -382,17 +382,21 @@ def _ceiling(results: dict[str, Any]) -> list[str]:
             str(row["threads"]), str(row.get("workers", 1)), str(row["batch_size"]), row["order"],
             format_number(row["median_items_per_s"]) + mark, f"{format_number(min(rates))} to {format_number(max(rates))}",
             str(min(row.get("texts_scored") or [ceiling["texts"]])),
+            format_number(row.get("median_cores"), 2), format_number(row.get("median_items_per_cpu_s")),
         ])  # fmt: skip
     lines += [
         f"Model `{ceiling['model_version']}`, {ceiling['texts']} texts per measurement, loaded in {ceiling['load_s']:.1f} s. "
         "*sorted*: batches of texts of similar length. *arrival*: batches of consecutive texts in data-set order, as "
         "the Enrichment replica forms them. Batches of one text are measured once, as sorted. A measurement stops "
         f"after {ceiling.get('max_seconds', 0):g} s, and the last column shows the fewest texts that a repeat scored "
-        "before it stopped. "
+        "before it stopped. *cores used* is the process's CPU time divided by the measurement's duration, and "
+        "*items per CPU second* the texts scored per second of that CPU time: the rate per core that a replica "
+        "with the same settings can expect. "
         f"Load average before: {ceiling['loadavg_1m_before']:.2f}; other cores during the phase: {ceiling['other_cores']:.2f}.",
         "",
     ]
-    header = ["torch threads", "passes at once", "batch size", "batches", "items/s (median)", "range of repeats", "texts scored (fewest)"]
+    header = ["torch threads", "passes at once", "batch size", "batches", "items/s (median)", "range of repeats", "texts scored (fewest)",
+              "cores used", "items per CPU second"]  # fmt: skip
     return lines + markdown_table(header, rows)
 
 

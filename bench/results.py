@@ -106,4 +106,6 @@ def target_verdict(ratio: float | None, target: float) -> str:
     if ratio >= target:
         return "met"
     needed = target / ratio if ratio > 0 else math.inf
-    return f"missed by {100 * (target - ratio):.0f} percentage points (needs {needed:.1f}× the throughput)"
+    # Two decimals for a near miss, where one would print 1.0×.
+    factor = f"{needed:.2f}" if needed < 1.1 else f"{needed:.1f}"
+    return f"missed by {100 * (target - ratio):.0f} percentage points (needs {factor}× the throughput)"

@@ -262,6 +262,11 @@ class BenchmarkRun:
         ceiling.update(loadavg_1m_before=loadavg, machine_busy_cores=busy_cores, other_cores=max(0.0, busy_cores - own_cores))
         for row in ceiling["rows"]:
             row["median_items_per_s"] = statistics.median(row["items_per_s"])
+            # Texts per CPU second of the process: the model's rate per core that it actually used.
+            per_cpu_s = [scored / cpu_s for scored, cpu_s in zip(row["texts_scored"], row.get("cpu_s") or []) if cpu_s > 0]
+            if per_cpu_s:
+                row["median_items_per_cpu_s"] = statistics.median(per_cpu_s)
+                row["median_cores"] = statistics.median(cpu_s / elapsed_s for cpu_s, elapsed_s in zip(row["cpu_s"], row["elapsed_s"]))
         self.results["ceiling"] = ceiling
 
         best = max(ceiling["rows"], key=lambda row: row["median_items_per_s"])

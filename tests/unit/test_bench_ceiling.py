@@ -30,7 +30,7 @@ def test_time_once_with_workers_scores_each_batch_once() -> None:
     batches = [[f"text {index}", f"other {index}"] for index in range(7)]
     model = RecordingModel()
 
-    scored, elapsed_s = _time_once(model, batches, max_seconds=60.0, workers=2)  # type: ignore[arg-type]
+    scored, elapsed_s, cpu_s = _time_once(model, batches, max_seconds=60.0, workers=2)  # type: ignore[arg-type]
 
     assert scored == 14
     assert elapsed_s > 0
@@ -40,7 +40,7 @@ def test_time_once_with_workers_scores_each_batch_once() -> None:
 def test_time_once_single_worker_caller_thread() -> None:
     model = RecordingModel()
 
-    scored, _ = _time_once(model, [["a"], ["b", "c"]], max_seconds=60.0)  # type: ignore[arg-type]
+    scored, _, _ = _time_once(model, [["a"], ["b", "c"]], max_seconds=60.0)  # type: ignore[arg-type]
 
     assert scored == 3
     assert model.threads == {threading.get_ident()}

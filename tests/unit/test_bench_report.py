@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from bench.findings import _batch_cpu_notes, _memory_notes
 from bench.report import _targets
+from bench.results import target_verdict
 
 MIB = 2**20
 
@@ -88,3 +89,27 @@ def test_batch_cpu_notes_without_cpu_readings() -> None:
     results = {"pipeline": {"batch": {"rows": [{"batch_size": 10, "concurrency": 1, "items_per_s": 5.0}]}}}
 
     assert _batch_cpu_notes(results) == []
+
+
+def test_batch_cpu_notes_use_cpu_seconds() -> None:
+    batch_row = {"kind": "batch", "batch_size": 200, "concurrency": 2, "items_per_s": 70.0, "other_cores": 0.0, "cpu_by_role": {"replica Enrichment": 1.5}}
+    ceiling_row = {"threads": 1, "workers": 2, "batch_size": 8, "order": "sorted", "median_items_per_s": 80.0, "median_items_per_cpu_s": 50.0, "median_cores": 1.6}
+    results = {
+        "machine": {"nproc": 2},
+        "service_torch_threads": 1,
+        "service_model_workers": 2,
+        "serve_settings": {"user_configs": {"Enrichment": {"model_batch_size": 8}}},
+        "ceiling": {"rows": [ceiling_row]},
+        "pipeline": {"batch": {"rows": [batch_row]}},
+    }
+
+    _, estimate = _batch_cpu_notes(results)
+
+    assert "50.0 per CPU second on 1.60 cores" in estimate
+    assert "would score about 75.0 items/s" in estimate
+
+
+def test_target_verdict_near_miss_factor() -> None:
+    assert target_verdict(0.83, 0.85) == "missed by 2 percentage points (needs 1.02× the throughput)"
+    assert target_verdict(0.31, 0.70) == "missed by 39 percentage points (needs 2.3× the throughput)"
+    assert target_verdict(0.90, 0.85) == "met"
