@@ -163,6 +163,7 @@ def _per_core_rate(row: dict[str, Any]) -> float:
 
 
 def _per_core_text(row: dict[str, Any]) -> str:
+    """Return the words that state a bare-model row's rate per core and the cores it used."""
     if row.get("median_items_per_cpu_s"):
         return f"{format_number(row['median_items_per_cpu_s'])} per CPU second on {row['median_cores']:.2f} cores"
     return f"on up to {row['threads'] * row.get('workers', 1)} core(s)"
@@ -290,7 +291,7 @@ def _memory_notes(results: dict[str, Any]) -> list[str]:
         module_pss = sum(row["pss_bytes"] for row in modules)
         notes.append(
             f"The {len(modules)} Ray dashboard modules, forks of one process, hold {format_mib(module_rss)} MiB RSS but "
-            f"{format_mib(module_pss)} MiB PSS: RSS counts a shared page once for every process that maps it, so the "
+            f"{format_mib(module_pss)} MiB PSS. RSS counts a shared page once for every process that maps it, so the "
             "sum of RSS counts the same memory several times. The sum of PSS counts each page once and is the "
             "service's memory for the target."
         )

@@ -351,7 +351,7 @@ def _method(results: dict[str, Any]) -> list[str]:
         "on it, and the sum of RSS is shown beside it.",
         f"- **Profile**: `py-spy record` at 100 Hz for {options['profile_s']} s on the {options['profile_processes']} "
         "busiest Python processes, chosen by their CPU use over 3 s of load, while single submissions run at the "
-        "highest concurrency, and for the service once more during the batch setting with the most items/s. py-spy leaves out threads that it sees waiting, but a thread waiting inside C or C++ "
+        "highest concurrency. The service is profiled once more during the batch setting with the most items/s. py-spy leaves out threads that it sees waiting, but a thread waiting inside C or C++ "
         "code (Ray's core worker, uvloop) can still be sampled as active. So each thread's samples are weighted by "
         "the CPU time the kernel charged to that thread during the recording, and the tables show cores, not sample "
         "counts. A sample counts for the innermost frame of a package or of this project (a call into the standard "

@@ -59,7 +59,7 @@ def test_memory_notes_dashboard_modules() -> None:
 
     notes = _memory_notes(_results(rows))
 
-    assert "The 2 Ray dashboard modules, forks of one process, hold 214 MiB RSS but 42 MiB PSS" in notes[1]
+    assert "The 2 Ray dashboard modules, forks of one process, hold 214 MiB RSS but 42 MiB PSS." in notes[1]
 
 
 def test_batch_cpu_notes_estimate_model_rate() -> None:
