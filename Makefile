@@ -25,7 +25,7 @@ deploy:
 test: install-test nginx browser
 	$(PYTHON) -m pytest
 
-# About 15 minutes on 2 cores. BENCH_ARGS passes options, for example BENCH_ARGS=--quick for
+# About 19 minutes on 2 cores. BENCH_ARGS passes options, for example BENCH_ARGS=--quick for
 # a smoke run; see `.venv/bin/python -m bench.run --help`.
 bench: install-bench nginx
 	$(PYTHON) -m bench.run $(BENCH_ARGS)

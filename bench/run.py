@@ -1,6 +1,6 @@
 """Run the whole benchmark suite in one session and write docs/benchmarks.md.
 
-    .venv/bin/python -m bench.run            # full run, about 15 minutes on 2 cores
+    .venv/bin/python -m bench.run            # full run, about 19 minutes on 2 cores
     .venv/bin/python -m bench.run --quick    # smoke run, writes under build/bench/ only
 
 The phases run in this order. First the bare model (`bench.ceiling`, in its own process).
